@@ -1,0 +1,63 @@
+"""DatoCMS HTTP client for the generate-subtitles flow (no Celery, no Redis)."""
+
+from .client import (
+    API_VERSION,
+    BODY_TYPE_SUBTITLES_GENERATION,
+    BODY_TYPE_UPLOAD_TRACK,
+    DEFAULT_BASE_URL,
+    DatoCMSClient,
+    RateLimiter,
+)
+from .exceptions import (
+    DatoCMSError,
+    Forbidden,
+    InvalidRequest,
+    InvalidType,
+    JobFailed,
+    NetworkError,
+    NotFound,
+    PermanentError,
+    ProtocolError,
+    RateLimited,
+    RetryableError,
+    ServerError,
+    TransientAPIError,
+    Unauthorized,
+)
+from .resources import (
+    ApiErrorEntry,
+    JobResult,
+    MalformedResource,
+    UploadTrack,
+    parse_api_errors,
+    parse_job_result,
+)
+
+__all__ = [
+    "API_VERSION",
+    "BODY_TYPE_SUBTITLES_GENERATION",
+    "BODY_TYPE_UPLOAD_TRACK",
+    "DEFAULT_BASE_URL",
+    "DatoCMSClient",
+    "RateLimiter",
+    "DatoCMSError",
+    "RetryableError",
+    "RateLimited",
+    "ServerError",
+    "ProtocolError",
+    "TransientAPIError",
+    "NetworkError",
+    "PermanentError",
+    "InvalidRequest",
+    "InvalidType",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "JobFailed",
+    "ApiErrorEntry",
+    "JobResult",
+    "MalformedResource",
+    "UploadTrack",
+    "parse_api_errors",
+    "parse_job_result",
+]

@@ -1,0 +1,684 @@
+"""A small, synchronous DatoCMS HTTP client for the generate-subtitles flow.
+
+It knows HTTP and DatoCMS, nothing of Celery or Redis:
+
+* one ``requests.Session`` (injectable, so tests swap the transport for an
+  in-memory fake and never touch the network);
+* every failure becomes exactly one exception from
+  :mod:`subtitle_tasks.datocms.exceptions`, whose class says what to do;
+* short hiccups are retried inline, decided in one place
+  (:meth:`DatoCMSClient._should_retry`); anything that needs a long wait is
+  raised for the caller to reschedule;
+* the API token never leaves the ``Authorization`` header: not in exceptions,
+  logs, or ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from importlib import metadata
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
+from urllib.parse import quote, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, MaxRetryError
+
+from ..backoff import retry_delay
+from .exceptions import (
+    DatoCMSError,
+    Forbidden,
+    InvalidRequest,
+    InvalidType,
+    JobFailed,
+    NetworkError,
+    NotFound,
+    PermanentError,
+    ProtocolError,
+    RateLimited,
+    RetryableError,
+    ServerError,
+    TransientAPIError,
+    Unauthorized,
+)
+from .resources import (
+    ApiErrorEntry,
+    MalformedResource,
+    UploadTrack,
+    parse_api_errors,
+    parse_job_result,
+)
+
+__all__ = [
+    "DatoCMSClient",
+    "RateLimiter",
+    "DEFAULT_BASE_URL",
+    "API_VERSION",
+    "BODY_TYPE_UPLOAD_TRACK",
+    "BODY_TYPE_SUBTITLES_GENERATION",
+]
+
+logger = logging.getLogger("subtitle_tasks.datocms")
+
+DEFAULT_BASE_URL = "https://site-api.datocms.com"
+API_VERSION = "3"
+JSON_API_MEDIA_TYPE = "application/vnd.api+json"
+
+#: The body ``type`` the endpoint's documentation page asks for.
+BODY_TYPE_UPLOAD_TRACK = "upload_track"
+#: The body ``type`` the official JS client sends since cma-client 5.6.0.
+BODY_TYPE_SUBTITLES_GENERATION = "subtitles_generation"
+
+# Methods whose repetition cannot create a second side effect.
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+
+# Transport errors that mean "the request could not be sent", not "no answer".
+_LOCAL_REQUEST_ERRORS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.URLRequired,
+    requests.exceptions.InvalidHeader,
+    requests.exceptions.InvalidJSONError,
+)
+
+_REDACTED = "[REDACTED]"
+_NOT_JSON = object()
+_MAX_TEXT = 500
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """A fleet-wide request budget, shared by every worker using one token.
+
+    The client calls :meth:`acquire` before each HTTP request and
+    :meth:`penalize` when DatoCMS answers 429.
+    """
+
+    def acquire(self) -> None:
+        """Take one request slot: return at once or after a brief wait, or
+        raise :class:`~subtitle_tasks.datocms.exceptions.RateLimited` (with
+        ``retry_after`` set) when the shared quota is spent."""
+
+    def penalize(self, seconds: float) -> None:
+        """DatoCMS said 429: tell the whole fleet to hold off for ``seconds``."""
+
+
+class _Answer(NamedTuple):
+    status: int
+    body: Any
+    request_id: str | None
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Sets the Authorization header.
+
+    Passing an auth object (rather than a plain header) also stops requests
+    from replacing our header with credentials from ``~/.netrc``.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "<BearerAuth [REDACTED]>"
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("subtitle-tasks")
+    except metadata.PackageNotFoundError:
+        pass
+    version = getattr(sys.modules.get("subtitle_tasks"), "__version__", None)
+    return version if isinstance(version, str) and version else "0+unknown"
+
+
+def _header_safe(value: str) -> bool:
+    return bool(value) and value == value.strip() and all(31 < ord(ch) < 127 for ch in value)
+
+
+def _segment(value: Any, name: str) -> str:
+    """One URL path segment, percent-encoded (``/`` included)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string, got {value!r}")
+    if value in (".", ".."):
+        # URL normalisation would turn these into a different path.
+        raise ValueError(f"{name} cannot be {value!r}")
+    return quote(value, safe="")
+
+
+def _parse_reset(raw: str | None) -> float | None:
+    """``X-RateLimit-Reset`` (seconds until the quota refills) or ``None``."""
+    if raw is None:
+        return None
+    try:
+        value = float(raw.strip())
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return value
+
+
+def _never_sent(err: BaseException) -> bool:
+    """True only when the transport error certainly happened before any byte
+    of the request reached the server (DNS failure, connection refused,
+    connect timeout, closed pool).  Anything else counts as possibly sent."""
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return True
+    pending: list[Any] = [err]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        # NewConnectionError and NameResolutionError subclass ConnectTimeoutError.
+        if isinstance(current, (ConnectTimeoutError, ClosedPoolError)):
+            return True
+        if isinstance(current, MaxRetryError):
+            pending.append(current.reason)
+        # requests wraps the urllib3 error as the first argument; only follow
+        # explicit wrapping, not __context__, which may hold an older attempt.
+        pending.extend(arg for arg in current.args if isinstance(arg, BaseException))
+    return False
+
+
+def _first_relevant(errors: list[ApiErrorEntry]) -> ApiErrorEntry | None:
+    """The entry that decides the class: a transient one if any, else the first."""
+    for entry in errors:
+        if entry.transient:
+            return entry
+    return errors[0] if errors else None
+
+
+class DatoCMSClient:
+    """Calls the three endpoints the subtitle flow needs.
+
+    Args:
+        token: a DatoCMS API token with upload permissions.
+        base_url: API root, ``https://site-api.datocms.com`` by default.
+        environment: sandbox environment name (sent as ``X-Environment``);
+            ``None`` targets the primary environment.
+        timeout: per-request timeout in seconds, or a ``(connect, read)`` pair.
+        session: a ``requests.Session`` to use.  The client closes only a
+            session it created itself.
+        rate_limiter: a :class:`RateLimiter` shared by the fleet, or ``None``.
+        max_inline_retries: how many times one call may be retried inline.
+        max_inline_wait: the longest delay (seconds) worth waiting inline;
+            longer waits are raised to the caller.
+        sleep, rng: injectable for tests (``time.sleep``, ``random.random``).
+
+    The client is safe to share between threads as far as ``requests.Session``
+    is; one client per process is the intended use.
+    """
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        environment: str | None = None,
+        timeout: float | tuple[float, float] = 10.0,
+        session: requests.Session | None = None,
+        rate_limiter: RateLimiter | None = None,
+        max_inline_retries: int = 2,
+        max_inline_wait: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        if not isinstance(token, str) or not _header_safe(token):
+            # Never echo the value: it is a secret.
+            raise ValueError("token must be a non-empty string of printable ASCII without spaces around it")
+        if not isinstance(base_url, str):
+            raise ValueError(f"base_url must be a string, got {type(base_url).__name__}")
+        base_url = base_url.strip().rstrip("/")
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"base_url must be an http(s) URL without query or fragment, got {base_url!r}")
+        if environment is not None and (not isinstance(environment, str) or not _header_safe(environment)):
+            raise ValueError(f"environment must be a non-empty header-safe string or None, got {environment!r}")
+        self._timeout = self._check_timeout(timeout)
+        if isinstance(max_inline_retries, bool) or not isinstance(max_inline_retries, int) or max_inline_retries < 0:
+            raise ValueError(f"max_inline_retries must be an int >= 0, got {max_inline_retries!r}")
+        if isinstance(max_inline_wait, bool) or not isinstance(max_inline_wait, (int, float)) or not (
+            0 <= max_inline_wait < math.inf
+        ):
+            raise ValueError(f"max_inline_wait must be a finite number >= 0, got {max_inline_wait!r}")
+
+        self._token = token
+        self._auth = _BearerAuth(token)
+        self._base_url = base_url
+        self._environment = environment
+        self._rate_limiter = rate_limiter
+        self._max_inline_retries = max_inline_retries
+        self._max_inline_wait = float(max_inline_wait)
+        self._sleep = sleep
+        self._rng = rng
+        self._user_agent = f"subtitle-tasks/{_package_version()}"
+        if session is None:
+            session = self._default_session()
+            self._owns_session = True
+        else:
+            self._owns_session = False
+        self._session = session
+
+    # ------------------------------------------------------------------
+    # public API
+    # ------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def environment(self) -> str | None:
+        return self._environment
+
+    def generate_subtitles(
+        self,
+        upload_id: str,
+        language_code: str,
+        *,
+        name: str | None = None,
+        body_type: str = BODY_TYPE_UPLOAD_TRACK,
+    ) -> str:
+        """Start a subtitles-generation job; return its job id.
+
+        ``POST /uploads/{upload_id}/tracks/generate-subtitles``.  The body
+        ``type`` is ``body_type`` (``"upload_track"`` per the docs; the
+        official JS client sends ``"subtitles_generation"``).  A refused type
+        raises :class:`InvalidType`.
+
+        This call is not idempotent: when it fails with ``outcome_unknown``
+        set, a job may exist anyway; it is never retried inline in that case.
+        """
+        path = f"/uploads/{_segment(upload_id, 'upload_id')}/tracks/generate-subtitles"
+        if not isinstance(language_code, str) or not language_code.strip():
+            raise ValueError(f"language_code must be a non-empty string, got {language_code!r}")
+        if name is not None and not isinstance(name, str):
+            raise ValueError(f"name must be a string or None, got {name!r}")
+        if not isinstance(body_type, str) or not body_type:
+            raise ValueError(f"body_type must be a non-empty string, got {body_type!r}")
+
+        attributes: dict[str, Any] = {"language_code": language_code}
+        if name is not None:
+            attributes["name"] = name
+        answer = self._request("POST", path, {"data": {"type": body_type, "attributes": attributes}})
+
+        data = answer.body.get("data") if isinstance(answer.body, Mapping) else None
+        job_id = data.get("id") if isinstance(data, Mapping) else None
+        if (
+            not isinstance(data, Mapping)
+            or data.get("type") != "job"
+            or isinstance(job_id, bool)
+            or not isinstance(job_id, (str, int))
+            or job_id == ""
+        ):
+            raise self._protocol_error("POST", path, answer, "answer holds no job id")
+        return str(job_id)
+
+    def get_job_result(self, job_id: str) -> UploadTrack | None:
+        """The track a finished job produced, or ``None`` while it runs.
+
+        ``GET /job-results/{job_id}``: a 404 ``NOT_FOUND`` means "not finished
+        yet" and returns ``None``.  A finished job whose recorded status is
+        not 2xx raises :class:`JobFailed`.  Note that a returned track may
+        still be ``preparing``: poll :meth:`list_tracks` until it is ready.
+        """
+        path = f"/job-results/{_segment(job_id, 'job_id')}"
+        try:
+            answer = self._request("GET", path)
+        except NotFound as exc:
+            if exc.code in (None, "NOT_FOUND"):
+                return None
+            raise
+
+        problem = None
+        try:
+            result = parse_job_result(answer.body)
+        except MalformedResource as exc:
+            problem = str(exc)
+        if problem is not None:
+            raise self._protocol_error("GET", path, answer, problem)
+
+        if not result.succeeded:
+            raise self._job_failed(str(job_id), path, answer, result.status, result.payload)
+
+        try:
+            track = result.upload_track()
+        except MalformedResource as exc:
+            problem = f"job payload: {exc}"
+        if problem is not None:
+            raise self._protocol_error("GET", path, answer, problem)
+        return track
+
+    def list_tracks(self, upload_id: str) -> list[UploadTrack]:
+        """All tracks of an upload: ``GET /uploads/{upload_id}/tracks``."""
+        path = f"/uploads/{_segment(upload_id, 'upload_id')}/tracks"
+        answer = self._request("GET", path)
+        data = answer.body.get("data") if isinstance(answer.body, Mapping) else None
+        if not isinstance(data, list):
+            raise self._protocol_error("GET", path, answer, "answer holds no list of tracks")
+        tracks: list[UploadTrack] = []
+        problem = None
+        for obj in data:
+            try:
+                tracks.append(UploadTrack.from_resource(obj, upload_id=upload_id))
+            except MalformedResource as exc:
+                problem = str(exc)
+                break
+        if problem is not None:
+            raise self._protocol_error("GET", path, answer, problem)
+        return tracks
+
+    def close(self) -> None:
+        """Release pooled connections (only of a session the client created)."""
+        if self._owns_session:
+            self._session.close()
+
+    def __enter__(self) -> "DatoCMSClient":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DatoCMSClient(base_url={self._base_url!r}, environment={self._environment!r})"
+
+    # ------------------------------------------------------------------
+    # the one retry decision
+    # ------------------------------------------------------------------
+
+    def _should_retry(self, exc: DatoCMSError, method: str, attempt: int) -> bool:
+        """Whether to repeat a failed call inline, after ``attempt`` retries.
+
+        Yes only if all hold:
+
+        * the error is a :class:`RetryableError`;
+        * fewer than ``max_inline_retries`` retries were made;
+        * repeating cannot duplicate a side effect: idempotent methods always
+          qualify; a POST only when the server surely did not act (connect
+          failure, 429, 503, a transient api_error with a 4xx status, the
+          local limiter refusing) -- see :meth:`_outcome_unknown`;
+        * the longest delay the backoff could pick (jitter at its maximum,
+          server hint honoured) fits in ``max_inline_wait``.
+        """
+        if not isinstance(exc, RetryableError):
+            return False
+        if attempt >= self._max_inline_retries:
+            return False
+        if self._outcome_unknown(method, exc):
+            return False
+        worst_case = retry_delay(attempt, hint=exc.retry_after, rng=lambda: 1.0)
+        return worst_case <= self._max_inline_wait
+
+    @staticmethod
+    def _outcome_unknown(method: str, exc: DatoCMSError) -> bool:
+        """Whether a failed non-idempotent call may have been carried out."""
+        if method.upper() in _IDEMPOTENT_METHODS:
+            return False
+        if isinstance(exc, NetworkError):
+            return exc.request_sent
+        if isinstance(exc, ProtocolError):
+            return True  # the server answered 2xx/3xx: it may well have acted
+        if isinstance(exc, RateLimited) or exc.status is None:
+            return False
+        return exc.status >= 500 and exc.status != 503
+
+    # ------------------------------------------------------------------
+    # HTTP
+    # ------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Any = None) -> _Answer:
+        attempt = 0
+        while True:
+            try:
+                return self._send_once(method, path, body)
+            except DatoCMSError as exc:
+                if not self._should_retry(exc, method, attempt):
+                    raise
+                delay = retry_delay(attempt, hint=exc.retry_after, rng=self._rng)
+                logger.debug(
+                    "retrying %s %s in %.3fs after %s (retry %d of %d)",
+                    method, path, delay, type(exc).__name__, attempt + 1, self._max_inline_retries,
+                )
+            self._sleep(delay)
+            attempt += 1
+
+    def _send_once(self, method: str, path: str, body: Any) -> _Answer:
+        headers = {
+            "Accept": "application/json",
+            "X-Api-Version": API_VERSION,
+            "User-Agent": self._user_agent,
+        }
+        data = None
+        if body is not None:
+            headers["Content-Type"] = JSON_API_MEDIA_TYPE
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        if self._environment is not None:
+            headers["X-Environment"] = self._environment
+
+        if self._rate_limiter is not None:
+            self._rate_limiter.acquire()  # may raise RateLimited
+
+        started = time.monotonic()
+        failure: DatoCMSError | None = None
+        response = None
+        try:
+            response = self._session.request(
+                method,
+                self._base_url + path,
+                data=data,
+                headers=headers,
+                auth=self._auth,
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.exceptions.RequestException as err:
+            failure = self._transport_error(err, method, path)
+        elapsed = time.monotonic() - started
+        if failure is not None:
+            # Raised outside the except block on purpose: the requests
+            # exception holds the prepared request, Authorization header
+            # included, and must not ride along as __context__.
+            logger.debug("%s %s -> %s after %.3fs", method, path, type(failure).__name__, elapsed)
+            raise failure
+        assert response is not None
+
+        status = response.status_code
+        request_id = response.headers.get("X-Request-Id") or None
+        logger.debug("%s %s -> %s (request id %s) in %.3fs", method, path, status, request_id, elapsed)
+
+        parsed = self._decode(response)
+        if 200 <= status < 300:
+            if parsed is _NOT_JSON:
+                raise self._protocol_error(method, path, _Answer(status, None, request_id), "success answer is not JSON")
+            return _Answer(status, parsed, request_id)
+        raise self._error_from_response(method, path, response, parsed, request_id)
+
+    # ------------------------------------------------------------------
+    # mapping to exceptions
+    # ------------------------------------------------------------------
+
+    def _transport_error(self, err: requests.exceptions.RequestException, method: str, path: str) -> DatoCMSError:
+        text = self._redact(str(err))[:_MAX_TEXT]
+        if isinstance(err, _LOCAL_REQUEST_ERRORS):
+            return PermanentError(
+                f"{method} {path}: request could not be built: {text}",
+                details={"exception": type(err).__name__},
+                method=method,
+                path=path,
+            )
+        sent = not _never_sent(err)
+        if not sent:
+            what = "could not connect"
+        elif isinstance(err, requests.exceptions.Timeout):
+            what = "timed out waiting for the answer"
+        else:
+            what = "connection failed after the request was sent"
+        exc = NetworkError(
+            f"{method} {path}: {what} ({type(err).__name__}: {text})",
+            request_sent=sent,
+            details={"exception": type(err).__name__},
+            method=method,
+            path=path,
+        )
+        exc.outcome_unknown = self._outcome_unknown(method, exc)
+        return exc
+
+    def _error_from_response(
+        self, method: str, path: str, response: requests.Response, parsed: Any, request_id: str | None
+    ) -> DatoCMSError:
+        status = response.status_code
+        errors = parse_api_errors(parsed) if parsed is not _NOT_JSON else []
+        entry = _first_relevant(errors)
+        code = entry.code if entry else None
+        details = self._redact(entry.details) if entry else {}
+        request_id = request_id or (entry.id if entry else None)
+        reset = _parse_reset(response.headers.get("X-RateLimit-Reset"))
+
+        if parsed is _NOT_JSON:
+            content_type = response.headers.get("Content-Type") or "no content type"
+            message = f"{method} {path}: answer is not JSON ({content_type}, {len(response.content)} bytes)"
+        elif details:
+            message = f"{method} {path} failed: {self._summarize(details)}"
+        else:
+            message = f"{method} {path} failed ({response.reason or 'no reason given'})"
+
+        cls: type[DatoCMSError]
+        retry_after = reset
+        if status == 429:
+            cls = RateLimited
+            retry_after = reset if reset is not None else 1.0
+            code = code or "RATE_LIMIT_EXCEEDED"
+            self._penalize(retry_after)
+        elif 300 <= status < 400 or status < 200:
+            cls = ProtocolError
+        elif parsed is _NOT_JSON:
+            cls = ServerError
+        elif entry is not None and entry.transient:
+            cls = TransientAPIError
+        elif status >= 500:
+            cls = ServerError
+        elif status == 401:
+            cls = Unauthorized
+        elif status == 403:
+            cls = Forbidden
+        elif status == 404:
+            cls = NotFound
+        elif code == "INVALID_TYPE":
+            cls = InvalidType
+        else:
+            cls = InvalidRequest
+
+        exc = cls(
+            message,
+            status=status,
+            code=code,
+            request_id=request_id,
+            details=details,
+            retry_after=retry_after,
+            method=method,
+            path=path,
+        )
+        exc.outcome_unknown = self._outcome_unknown(method, exc)
+        return exc
+
+    def _protocol_error(self, method: str, path: str, answer: _Answer, problem: str) -> ProtocolError:
+        exc = ProtocolError(
+            f"{method} {path}: unexpected answer: {self._redact(problem)[:_MAX_TEXT]}",
+            status=answer.status,
+            request_id=answer.request_id,
+            method=method,
+            path=path,
+        )
+        exc.outcome_unknown = self._outcome_unknown(method, exc)
+        return exc
+
+    def _job_failed(self, job_id: str, path: str, answer: _Answer, job_status: int, payload: Any) -> JobFailed:
+        entry = _first_relevant(parse_api_errors(payload))
+        details = self._redact(entry.details) if entry else {}
+        message = f"job {job_id} failed"
+        if details:
+            message += f": {self._summarize(details)}"
+        return JobFailed(
+            message,
+            job_id=job_id,
+            transient=bool(entry and entry.transient),
+            payload=self._redact(payload),
+            status=job_status,
+            code=entry.code if entry else None,
+            request_id=answer.request_id or (entry.id if entry else None),
+            details=details,
+            method="GET",
+            path=path,
+        )
+
+    # ------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------
+
+    def _penalize(self, seconds: float) -> None:
+        if self._rate_limiter is None:
+            return
+        try:
+            self._rate_limiter.penalize(seconds)
+        except Exception:  # advisory: a broken limiter must not hide the 429
+            logger.warning("rate limiter penalize(%s) failed", seconds, exc_info=True)
+
+    @staticmethod
+    def _decode(response: requests.Response) -> Any:
+        content = response.content
+        if not content or not content.strip():
+            return _NOT_JSON
+        try:
+            return json.loads(content)
+        except (ValueError, RecursionError):
+            return _NOT_JSON
+
+    def _redact(self, value: Any) -> Any:
+        """``value`` with every occurrence of the token replaced."""
+        if isinstance(value, str):
+            return value.replace(self._token, _REDACTED) if self._token in value else value
+        if isinstance(value, Mapping):
+            return {self._redact(k): self._redact(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._redact(v) for v in value]
+        return value
+
+    @staticmethod
+    def _summarize(details: Mapping[str, Any]) -> str:
+        text = json.dumps(details, sort_keys=True, default=str, ensure_ascii=False)
+        return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
+
+    @staticmethod
+    def _check_timeout(timeout: Any) -> float | tuple[float, float]:
+        def ok(value: Any) -> bool:
+            return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
+
+        if isinstance(timeout, tuple) and len(timeout) == 2 and all(ok(v) for v in timeout):
+            return (float(timeout[0]), float(timeout[1]))
+        if ok(timeout):
+            return float(timeout)
+        raise ValueError(f"timeout must be a positive number of seconds or a (connect, read) pair, got {timeout!r}")
+
+    @staticmethod
+    def _default_session() -> requests.Session:
+        session = requests.Session()
+        # Retries are decided by the client, never by urllib3.
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=8, max_retries=0)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session

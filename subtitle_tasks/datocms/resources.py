@@ -1,0 +1,238 @@
+"""Typed views of the few DatoCMS JSON:API objects this package reads.
+
+Parsers are strict about what the code relies on (ids, types, the track
+status) and lenient about the rest (names may be null, unknown attributes are
+ignored), so that additions to an experimental API do not break polling.
+Malformed input raises :class:`MalformedResource`, a ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+__all__ = [
+    "MalformedResource",
+    "ApiErrorEntry",
+    "UploadTrack",
+    "JobResult",
+    "parse_api_errors",
+    "parse_job_result",
+    "TRACK_STATUSES",
+]
+
+#: Track statuses documented by DatoCMS.  Others are accepted (the API is
+#: experimental) but are none of ready / errored / preparing.
+TRACK_STATUSES = frozenset({"preparing", "ready", "errored"})
+
+
+class MalformedResource(ValueError):
+    """A JSON:API object does not have the shape this package relies on."""
+
+
+def _require_mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise MalformedResource(f"{what} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _require_id(value: Any, what: str) -> str:
+    # JSON:API ids are strings; tolerate integers, refuse anything else.
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise MalformedResource(f"{what} must be a non-empty string, got {value!r}")
+    return str(value)
+
+
+def _optional_str(attrs: Mapping[str, Any], key: str, what: str) -> str | None:
+    value = attrs.get(key)
+    if value is not None and not isinstance(value, str):
+        raise MalformedResource(f"{what}.{key} must be a string or null, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------
+# api_error documents
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiErrorEntry:
+    """One ``api_error`` object of a DatoCMS error document."""
+
+    id: str | None
+    code: str | None
+    transient: bool
+    details: dict[str, Any]
+    doc_url: str | None = None
+
+
+def parse_api_errors(body: Any) -> list[ApiErrorEntry]:
+    """The ``api_error`` entries of ``{"data": [{"type": "api_error", ...}]}``.
+
+    Returns ``[]`` when ``body`` is not an error document (never raises):
+    error answers are parsed on a best-effort basis, the HTTP status decides
+    the rest.
+    """
+    if not isinstance(body, Mapping):
+        return []
+    data = body.get("data")
+    if not isinstance(data, list):
+        return []
+    entries = []
+    for item in data:
+        if not isinstance(item, Mapping) or item.get("type") != "api_error":
+            continue
+        attrs = item.get("attributes")
+        attrs = attrs if isinstance(attrs, Mapping) else {}
+        code = attrs.get("code")
+        details = attrs.get("details")
+        doc_url = attrs.get("doc_url")
+        raw_id = item.get("id")
+        entries.append(
+            ApiErrorEntry(
+                id=str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and raw_id != "" else None,
+                code=code if isinstance(code, str) and code else None,
+                transient=attrs.get("transient") is True,
+                details=dict(details) if isinstance(details, Mapping) else {},
+                doc_url=doc_url if isinstance(doc_url, str) else None,
+            )
+        )
+    return entries
+
+
+# --------------------------------------------------------------------------
+# upload_track
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadTrack:
+    """An ``upload_track`` resource (a subtitles or audio track of a video).
+
+    ``resource`` is the raw JSON:API object exactly as received, meant to be
+    handed to callbacks unchanged; it is left out of equality, hashing and
+    ``repr``.
+    """
+
+    id: str
+    upload_id: str | None
+    track_type: str
+    name: str | None
+    language_code: str | None
+    closed_captions: bool | None
+    status: str
+    error: str | None
+    resource: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == "ready"
+
+    @property
+    def is_errored(self) -> bool:
+        return self.status == "errored"
+
+    @property
+    def is_preparing(self) -> bool:
+        return self.status == "preparing"
+
+    @classmethod
+    def from_resource(cls, obj: Any, *, upload_id: str | None = None) -> "UploadTrack":
+        """Build from a JSON:API ``upload_track`` object.
+
+        ``upload_id`` is read from ``relationships.upload.data.id``; the
+        keyword is the fallback when the relationship is absent (e.g. when the
+        track came from ``GET /uploads/{upload_id}/tracks``).
+
+        Raises :class:`MalformedResource` when the object is not an
+        ``upload_track`` or lacks an id, attributes or a string status.
+        """
+        obj = _require_mapping(obj, "upload_track")
+        if obj.get("type") != "upload_track":
+            raise MalformedResource(f"expected type 'upload_track', got {obj.get('type')!r}")
+        track_id = _require_id(obj.get("id"), "upload_track.id")
+        attrs = _require_mapping(obj.get("attributes"), "upload_track.attributes")
+
+        status = attrs.get("status")
+        if not isinstance(status, str) or not status:
+            raise MalformedResource(f"upload_track.attributes.status must be a string, got {status!r}")
+        track_type = attrs.get("type")
+        if not isinstance(track_type, str) or not track_type:
+            raise MalformedResource(f"upload_track.attributes.type must be a string, got {track_type!r}")
+        closed_captions = attrs.get("closed_captions")
+        if closed_captions is not None and not isinstance(closed_captions, bool):
+            raise MalformedResource(
+                f"upload_track.attributes.closed_captions must be a boolean or null, got {closed_captions!r}"
+            )
+
+        related = upload_id
+        rels = obj.get("relationships")
+        if isinstance(rels, Mapping):
+            upload = rels.get("upload")
+            data = upload.get("data") if isinstance(upload, Mapping) else None
+            if isinstance(data, Mapping) and data.get("id") not in (None, ""):
+                related = _require_id(data.get("id"), "upload_track.relationships.upload.data.id")
+
+        return cls(
+            id=track_id,
+            upload_id=related,
+            track_type=track_type,
+            name=_optional_str(attrs, "name", "upload_track.attributes"),
+            language_code=_optional_str(attrs, "language_code", "upload_track.attributes"),
+            closed_captions=closed_captions,
+            status=status,
+            error=_optional_str(attrs, "error", "upload_track.attributes"),
+            resource=dict(obj),
+        )
+
+
+# --------------------------------------------------------------------------
+# job_result
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job: ``GET /job-results/{id}`` answered 200.
+
+    ``status`` is the HTTP status the job's own request would have had and
+    ``payload`` its JSON body (possibly ``None``).
+    """
+
+    id: str
+    status: int
+    payload: Any = field(repr=False, compare=False, default=None)
+
+    @property
+    def succeeded(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def errors(self) -> list[ApiErrorEntry]:
+        """The payload's ``api_error`` entries (``[]`` when there are none)."""
+        return parse_api_errors(self.payload)
+
+    def upload_track(self) -> UploadTrack:
+        """The ``upload_track`` a successful job produced.
+
+        Raises :class:`MalformedResource` when the payload holds none.
+        """
+        payload = _require_mapping(self.payload, "job_result payload")
+        return UploadTrack.from_resource(payload.get("data"))
+
+
+def parse_job_result(body: Any) -> JobResult:
+    """Parse ``{"data": {"type": "job_result", "id", "attributes": {"status", "payload"}}}``.
+
+    Raises :class:`MalformedResource` on any other shape.
+    """
+    body = _require_mapping(body, "job result document")
+    data = _require_mapping(body.get("data"), "job result data")
+    if data.get("type") != "job_result":
+        raise MalformedResource(f"expected type 'job_result', got {data.get('type')!r}")
+    job_id = _require_id(data.get("id"), "job_result.id")
+    attrs = _require_mapping(data.get("attributes"), "job_result.attributes")
+    status = attrs.get("status")
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        raise MalformedResource(f"job_result.attributes.status must be an HTTP status, got {status!r}")
+    return JobResult(id=job_id, status=status, payload=attrs.get("payload"))
