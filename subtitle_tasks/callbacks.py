@@ -1,0 +1,102 @@
+"""Follow-up callbacks: checked at the edge, stored as JSON, fired exactly once.
+
+Firing protocol (the only place callbacks are sent)::
+
+    lock P:lock:notify:{request}  ->  request still "finishing"?  ->  send signatures
+    ->  settle (finishing -> ready|failed)  ->  unlock
+
+The finishing mark is set atomically by the step that decided the outcome, so only
+one process ever starts notifying a request; the lock keeps a recovering sweeper off
+a notifier that is merely slow. A process killed after the broker took the callbacks
+but before ``settle`` leaves the one window where recovery sends them a second time
+(README, "What is guaranteed").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Iterable
+
+from celery import Celery
+from celery.canvas import Signature, signature
+
+from .errors import InvalidSubtitleRequest
+from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestRecord, Store
+
+log = logging.getLogger("subtitle_tasks.callbacks")
+
+
+def normalize(field: str, callbacks: Any) -> list[dict]:
+    """None, a signature or a list of them -> plain JSON-safe dicts (or InvalidSubtitleRequest)."""
+    if callbacks is None:
+        return []
+    items: Iterable[Any] = callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
+    out = []
+    for item in items:
+        if not isinstance(item, (Signature, dict)) or "task" not in item:
+            raise InvalidSubtitleRequest(field, f"expected Celery signatures (task.s(...)), got {type(item).__name__}")
+        plain = dict(signature(item))
+        try:
+            # Round-trip now: a callback that cannot travel as JSON must fail in the web
+            # request, not hours later in a worker.
+            out.append(json.loads(json.dumps(plain)))
+        except (TypeError, ValueError) as exc:
+            raise InvalidSubtitleRequest(field, f"callback {plain.get('task')!r} is not JSON-serialisable: {exc}") from None
+    return out
+
+
+def error_payload(request: RequestRecord, generation: Generation | None) -> dict:
+    """The error dict an on_error callback receives (see errors.py for the vocabulary)."""
+    base = request.error or (generation.result if generation else None) or {
+        "code": "protocol_error", "message": "the generation's state expired before its callbacks were sent",
+    }
+    payload = {
+        "code": base.get("code"),
+        "message": base.get("message"),
+        "request_id": request.id,
+        "upload_id": request.upload_id,
+        "language_code": request.language_code,
+        "api_code": base.get("api_code"),
+        "api_status": base.get("api_status"),
+        "api_request_id": base.get("api_request_id"),
+        "job_id": generation.job_id if generation else None,
+        "track_id": generation.track_id if generation else None,
+    }
+    return payload
+
+
+class Notifier:
+    def __init__(self, store: Store, app: Celery, lock_ttl: float):
+        self.store = store
+        self.app = app
+        self.lock_ttl = lock_ttl
+
+    def notify(self, request_id: str) -> str:
+        """Send a finishing request's callbacks once; returns what happened (for logs/tests)."""
+        token = self.store.lock(f"notify:{request_id}", self.lock_ttl)
+        if token is None:
+            return "busy"
+        try:
+            request = self.store.load_request(request_id)
+            if request is None or request.state != FINISHING:
+                return "already-settled"
+            generation = self.store.load_generation(request.generation_id)
+            if request.error is None and request.outcome == OUTCOME_READY and generation and generation.result:
+                self._send(request.on_ready, generation.result)
+                final = READY
+            else:
+                self._send(request.on_error, error_payload(request, generation))
+                final = FAILED
+            self.store.settle(request_id, final)
+            log.info("request %s %s", request_id, final)
+            return final
+        finally:
+            self.store.unlock(f"notify:{request_id}", token)
+
+    def _send(self, callbacks: list[dict], first_arg: Any) -> None:
+        if not callbacks:
+            return
+        with self.app.producer_or_acquire() as producer:
+            for raw in callbacks:
+                signature(raw, app=self.app).apply_async(args=(first_arg,), producer=producer)

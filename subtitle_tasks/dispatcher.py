@@ -1,0 +1,112 @@
+"""The dispatcher: turns due entries of the schedule into ordinary, immediate tasks.
+
+Why not Celery countdown/ETA retries: on a Redis broker an ETA task is fetched at
+once and held in the worker's memory until due (celery#2218), is delivered again
+when its wait passes ``visibility_timeout`` (kombu#337), and after a SIGKILL comes
+back only when that timeout expires. Here a waiting generation is one sorted-set
+entry in Redis; a worker thread (one per worker process, not a pool slot) claims due
+entries with a lease and publishes plain tasks. A lost task's entry comes due again
+when its lease runs out, so recovery after any crash takes ``lease`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+from celery import Celery, bootsteps
+
+from .state import SUBMIT, Store
+
+log = logging.getLogger("subtitle_tasks.dispatcher")
+
+SUBMIT_TASK = "subtitle_tasks.submit"
+POLL_TASK = "subtitle_tasks.poll"
+
+
+def task_for_phase(phase: str) -> str:
+    return SUBMIT_TASK if phase == SUBMIT else POLL_TASK
+
+
+class Dispatcher:
+    def __init__(self, store: Store, publish: Callable[[list[tuple[str, str]]], None], *, lease: float, batch: int):
+        self.store = store
+        self.publish = publish
+        self.lease = lease
+        self.batch = batch
+
+    def dispatch_once(self) -> int:
+        """Claim what is due and publish it; returns how many steps were handed out."""
+        claimed = self.store.claim_due(self.lease, self.batch)
+        if not claimed:
+            return 0
+        try:
+            self.publish(claimed)
+        except Exception:
+            # The broker is away: hand the claims back so they go out as soon as it returns
+            # rather than a lease later. (A partly published batch is harmless: a step that
+            # already ran is skipped as not due.)
+            for generation_id, _ in claimed:
+                try:
+                    self.store.release(generation_id)
+                except Exception:
+                    break  # Redis is away too; the leases will expire by themselves
+            raise
+        return len(claimed)
+
+    def run(self, stop: threading.Event, interval: float) -> None:
+        """Loop until ``stop`` is set; never dies of a broker or Redis outage."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                handed_out = self.dispatch_once()
+                failures = 0
+            except Exception as exc:
+                failures += 1
+                log.warning("dispatch failed (%s: %s); retrying", type(exc).__name__, exc)
+                stop.wait(min(interval * 2 ** min(failures, 5), 10.0))
+                continue
+            if handed_out < self.batch:
+                stop.wait(interval)
+
+
+def celery_publisher(app: Celery, queue: str | None) -> Callable[[list[tuple[str, str]]], None]:
+    """Publish claimed steps as plain tasks through one pooled producer per batch."""
+    def publish(claimed: list[tuple[str, str]]) -> None:
+        options = {"queue": queue} if queue else {}
+        with app.producer_or_acquire() as producer:
+            for generation_id, phase in claimed:
+                app.send_task(task_for_phase(phase), args=[generation_id], producer=producer, **options)
+    return publish
+
+
+class DispatcherStep(bootsteps.StartStopStep):
+    """Runs a Dispatcher thread in every worker's main process (``init_app`` adds it)."""
+
+    requires = {"celery.worker.components:Pool"}
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, worker) -> None:
+        from .runtime import get_runtime
+
+        runtime = get_runtime()
+        settings = runtime.settings
+        dispatcher = Dispatcher(runtime.store, celery_publisher(worker.app, settings.queue),
+                                lease=settings.lease, batch=settings.dispatch_batch)
+        self._stop.clear()
+        self._thread = threading.Thread(target=dispatcher.run, args=(self._stop, settings.dispatch_interval),
+                                        name="subtitle-tasks-dispatcher", daemon=True)
+        self._thread.start()
+        log.info("dispatcher started (every %ss, lease %ss)", settings.dispatch_interval, settings.lease)
+
+    def stop(self, worker) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    shutdown = stop

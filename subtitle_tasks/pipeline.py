@@ -1,0 +1,194 @@
+"""One step of a generation: submit it, poll its job, or watch its track.
+
+A step runs when the dispatcher finds the generation due (see dispatcher.py). It
+reads the generation, makes at most a few API calls, and records the outcome and
+when the next step is due in one atomic store call. It never sleeps for the next
+step: waiting is a score in a sorted set, not a task parked in a worker.
+
+Knows nothing of Celery beyond the notifier it is handed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Callable
+
+from .backoff import capped_exponential, retry_delay
+from .datocms import client as api_client
+from .datocms import exceptions as api
+from .datocms.resources import UploadTrack
+from .errors import ErrorCode, code_for_api_error, error_fields
+from .settings import Settings
+from .state import DONE, JOB, OUTCOME_ERROR, OUTCOME_READY, SUBMIT, TRACK, Generation, Store
+
+log = logging.getLogger("subtitle_tasks.pipeline")
+
+BODY_TYPES = (api_client.BODY_TYPE_UPLOAD_TRACK, api_client.BODY_TYPE_SUBTITLES_GENERATION)
+
+
+def other_body_type(body_type: str) -> str:
+    return BODY_TYPES[1] if body_type == BODY_TYPES[0] else BODY_TYPES[0]
+
+
+def post_not_applied(exc: api.DatoCMSError) -> bool:
+    """True when a failed POST certainly created nothing, so it may be sent again at once.
+
+    The client knows: a refusal (4xx, 429, 503) or a request that never left created
+    no job; a 5xx or an answer lost after sending may have (``outcome_unknown``).
+    """
+    return not exc.outcome_unknown
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, store: Store, client, notify: Callable[[str], object],
+                 rng: Callable[[], float] = random.random):
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.notify = notify
+        self.rng = rng
+
+    # -- entry point ------------------------------------------------------------------
+    def advance(self, generation_id: str) -> str:
+        """Run the generation's due step; returns a short word for logs and tests."""
+        # The lock lasts a lease: a step outliving it would be handed out again anyway.
+        token = self.store.lock(f"gen:{generation_id}", self.settings.lease)
+        if token is None:
+            return "busy"
+        try:
+            gen = self.store.load_generation(generation_id)
+            if gen is None or gen.phase == DONE:
+                return "finished"
+            if gen.due is not None and gen.due > gen.now + 0.001:
+                return "not-due"  # a duplicate delivery of a step already done
+            if gen.expired:
+                return self._fail(gen, ErrorCode.DEADLINE_EXCEEDED, self._deadline_message(gen))
+            step = {SUBMIT: self._submit, JOB: self._poll_job, TRACK: self._watch_track}[gen.phase]
+            try:
+                return step(gen)
+            except api.RetryableError as exc:
+                return self._retry_later(gen, exc)
+            except (api.PermanentError, api.JobFailed) as exc:
+                return self._fail(gen, code_for_api_error(exc), str(exc), exc)
+        finally:
+            self.store.unlock(f"gen:{generation_id}", token)
+
+    # -- steps ------------------------------------------------------------------------
+    def _submit(self, gen: Generation) -> str:
+        if gen.posted_at is not None:
+            # An earlier POST may have reached DatoCMS (worker killed, answer lost):
+            # look for its track before creating a second one.
+            track = self._find_new_track(gen)
+            if track is not None:
+                log.info("generation %s: adopted track %s from an earlier POST", gen.id, track.id)
+                return self._on_track(gen, track)
+            if gen.now - gen.posted_at < self.settings.submit_grace:
+                self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1)
+                return "reconciling"
+            known = gen.known_tracks
+        else:
+            known = tuple(t.id for t in self.client.list_tracks(gen.upload_id))
+        # Mark the POST before sending it: a crash from here on reconciles, never re-POSTs blindly.
+        if not self.store.advance(gen.id, self.settings.lease, posted_at=gen.now, known_tracks=known):
+            return "finished"  # cancelled meanwhile
+        try:
+            job_id, body_type = self._post(gen)
+        except api.DatoCMSError as exc:
+            if isinstance(exc, api.RetryableError):
+                if post_not_applied(exc):
+                    self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1, posted_at=None)
+                    return "retry"
+                self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1)
+                return "ambiguous"
+            raise
+        self._schedule(gen, self.settings.poll_initial, phase=JOB, job_id=job_id, body_type=body_type,
+                       posted_at=None, attempts=0, errors=0)
+        return "submitted"
+
+    def _post(self, gen: Generation) -> tuple[str, str]:
+        body_type = self.store.preferred_body_type() or BODY_TYPES[0]
+        try:
+            job_id = self.client.generate_subtitles(gen.upload_id, gen.language_code, name=gen.name,
+                                                    body_type=body_type)
+        except api.InvalidType:
+            # The experimental endpoint's body type changed once already; try the other
+            # and remember what this server takes, so the fleet pays this once.
+            body_type = other_body_type(body_type)
+            job_id = self.client.generate_subtitles(gen.upload_id, gen.language_code, name=gen.name,
+                                                    body_type=body_type)
+            self.store.remember_body_type(body_type)
+            log.warning("DatoCMS refused the request body type; switched to %r", body_type)
+        return job_id, body_type
+
+    def _poll_job(self, gen: Generation) -> str:
+        track = self.client.get_job_result(gen.job_id)
+        if track is None:
+            self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0)
+            return "job-pending"
+        return self._on_track(gen, track)
+
+    def _watch_track(self, gen: Generation) -> str:
+        tracks = self.client.list_tracks(gen.upload_id)
+        track = next((t for t in tracks if t.id == gen.track_id), None)
+        if track is None:
+            return self._fail(gen, ErrorCode.TRACK_MISSING,
+                              f"track {gen.track_id} is no longer in upload {gen.upload_id}'s track list")
+        return self._on_track(gen, track)
+
+    # -- outcomes ---------------------------------------------------------------------
+    def _on_track(self, gen: Generation, track: UploadTrack) -> str:
+        if track.is_ready:
+            return self._finish(gen, OUTCOME_READY, track.resource)
+        if track.is_errored:
+            message = track.error or "DatoCMS marked the track as errored without a reason"
+            return self._fail(gen, ErrorCode.TRACK_ERRORED, message, track_id=track.id)
+        attempts = gen.attempts + 1 if gen.phase == TRACK else 0
+        self._schedule(gen, self._poll_delay(gen, attempts), phase=TRACK, track_id=track.id,
+                       attempts=attempts, errors=0, posted_at=None)
+        return "track-preparing"
+
+    def _fail(self, gen: Generation, code: ErrorCode, message: str, exc: api.DatoCMSError | None = None,
+              track_id: str | None = None) -> str:
+        if track_id and not gen.track_id:
+            self.store.advance(gen.id, self.settings.lease, track_id=track_id)
+        log.info("generation %s failed: %s", gen.id, code.value)
+        return self._finish(gen, OUTCOME_ERROR, error_fields(code, message, exc))
+
+    def _finish(self, gen: Generation, outcome: str, result: dict) -> str:
+        for request_id in self.store.finish(gen.id, outcome, result):
+            self.notify(request_id)
+        return outcome
+
+    def _retry_later(self, gen: Generation, exc: api.RetryableError) -> str:
+        log.info("generation %s: %s; retrying", gen.id, exc)
+        self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1)
+        return "retry"
+
+    # -- timing -----------------------------------------------------------------------
+    def _schedule(self, gen: Generation, delay: float, **fields) -> None:
+        # Never sleep past the deadline: the step after it reports deadline_exceeded.
+        delay = max(0.0, min(delay, gen.deadline - gen.now))
+        self.store.advance(gen.id, delay, **fields)
+
+    def _poll_delay(self, gen: Generation, attempts: int | None = None) -> float:
+        n = gen.attempts if attempts is None else attempts
+        return capped_exponential(n, self.settings.poll_initial, self.settings.poll_max, rng=self.rng)
+
+    def _error_delay(self, gen: Generation, exc: api.DatoCMSError) -> float:
+        return retry_delay(gen.errors, hint=exc.retry_after, initial=self.settings.poll_initial,
+                           maximum=self.settings.poll_max, rng=self.rng)
+
+    def _deadline_message(self, gen: Generation) -> str:
+        waited = gen.now - gen.created
+        where = {SUBMIT: "submitting", JOB: f"waiting for job {gen.job_id}",
+                 TRACK: f"waiting for track {gen.track_id} to be ready"}[gen.phase]
+        return f"gave up after {waited:.0f}s {where} (deadline reached)"
+
+    def _find_new_track(self, gen: Generation) -> UploadTrack | None:
+        wanted = gen.language_code.lower()
+        for track in self.client.list_tracks(gen.upload_id):
+            if track.id not in gen.known_tracks and (track.language_code or "").lower() == wanted \
+                    and track.track_type == "subtitles":
+                return track
+        return None

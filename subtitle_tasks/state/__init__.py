@@ -1,0 +1,7 @@
+"""Where request and generation state lives (one small interface, Redis behind it)."""
+
+from .base import (  # noqa: F401
+    DONE, FAILED, FINISHING, JOB, OUTCOME_ERROR, OUTCOME_READY, READY, SUBMIT, TRACK, WAITING,
+    Created, Generation, RequestRecord, Store,
+)
+from .redis import RedisStore  # noqa: F401

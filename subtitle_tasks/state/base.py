@@ -1,0 +1,152 @@
+"""What the pipeline knows about requests and generations, and the store interface.
+
+A *request* is one caller's ask (its callbacks, its id). A *generation* is one
+DatoCMS subtitle job for an (environment, upload, language): requests for the same
+track made while one is in flight share it, so DatoCMS generates the track once.
+
+Generation phases::
+
+    submit --POST 202--> job --job result 200, track preparing--> track --ready/errored--> done
+       \\________________________ready/errored/failed/deadline/cancelled______________/
+
+Request states::
+
+    waiting -> finishing (outcome decided, callbacks being sent) -> ready | failed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+# Generation phases
+SUBMIT, JOB, TRACK, DONE = "submit", "job", "track", "done"
+# Request states
+WAITING, FINISHING, READY, FAILED = "waiting", "finishing", "ready", "failed"
+# Outcomes
+OUTCOME_READY, OUTCOME_ERROR = "ready", "error"
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value not in (None, "") else None
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: str
+    now: float  # the store's clock when this snapshot was read
+    upload_id: str
+    language_code: str
+    name: str | None
+    environment: str | None
+    phase: str
+    attempts: int
+    errors: int  # consecutive retryable failures in this phase
+    created: float
+    deadline: float
+    due: float | None
+    job_id: str | None
+    track_id: str | None
+    posted_at: float | None  # a POST may have gone out at this time (cleared when we know)
+    known_tracks: tuple[str, ...]  # track ids the upload had before our first POST
+    body_type: str | None
+    outcome: str | None
+    result: dict | None
+    subscribers: tuple[str, ...]
+
+    @property
+    def expired(self) -> bool:
+        return self.now >= self.deadline
+
+    @classmethod
+    def from_hash(cls, generation_id: str, now: float, raw: dict[str, str]) -> "Generation":
+        known = raw.get("known_tracks")
+        result = raw.get("result")
+        return cls(
+            id=generation_id,
+            now=now,
+            upload_id=raw["upload"],
+            language_code=raw["lang"],
+            name=raw.get("name") or None,
+            environment=raw.get("env") or None,
+            phase=raw["phase"],
+            attempts=int(raw.get("attempts", 0)),
+            errors=int(raw.get("errors", 0)),
+            created=float(raw["created"]),
+            deadline=float(raw["deadline"]),
+            due=_float(raw.get("due")),
+            job_id=raw.get("job") or None,
+            track_id=raw.get("track") or None,
+            posted_at=_float(raw.get("posted")),
+            known_tracks=tuple(known.split(",")) if known else (),
+            body_type=raw.get("body_type") or None,
+            outcome=raw.get("outcome") or None,
+            result=json.loads(result) if result else None,
+            subscribers=tuple(s for s in raw.get("subs", "").split(",") if s),
+        )
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    id: str
+    generation_id: str
+    upload_id: str
+    language_code: str
+    state: str
+    outcome: str | None
+    created: float
+    deadline: float
+    finished: float | None
+    on_ready: list[dict]
+    on_error: list[dict]
+    error: dict | None  # set for a request-level end (cancel); otherwise the generation's result rules
+
+    @classmethod
+    def from_hash(cls, request_id: str, raw: dict[str, str]) -> "RequestRecord":
+        error = raw.get("error")
+        return cls(
+            id=request_id,
+            generation_id=raw["gen"],
+            upload_id=raw["upload"],
+            language_code=raw["lang"],
+            state=raw["state"],
+            outcome=raw.get("outcome") or None,
+            created=float(raw["created"]),
+            deadline=float(raw["deadline"]),
+            finished=_float(raw.get("finished")),
+            on_ready=json.loads(raw.get("on_ready") or "[]"),
+            on_error=json.loads(raw.get("on_error") or "[]"),
+            error=json.loads(error) if error else None,
+        )
+
+
+@dataclass(frozen=True)
+class Created:
+    generation_id: str
+    joined: bool   # attached to a generation already in flight
+    existed: bool  # this request id was already known (idempotent retry)
+
+
+class Store(Protocol):
+    """Everything the pipeline persists. Each method is one atomic step."""
+
+    def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
+                       name: str | None, environment: str | None, on_ready: list[dict], on_error: list[dict],
+                       deadline: float) -> Created: ...
+
+    def claim_due(self, lease: float, limit: int) -> list[tuple[str, str]]: ...
+    def release(self, generation_id: str) -> None: ...
+    def load_generation(self, generation_id: str) -> Generation | None: ...
+    def advance(self, generation_id: str, delay: float, **fields: Any) -> bool: ...
+    def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]: ...
+    def load_request(self, request_id: str) -> RequestRecord | None: ...
+    def cancel(self, request_id: str, error: dict) -> str: ...
+    def settle(self, request_id: str, final_state: str) -> bool: ...
+    def claim_finishing(self, stale: float, limit: int) -> list[str]: ...
+    def repair_orphans(self, batch: int = 500) -> int: ...
+    def lock(self, name: str, ttl: float) -> str | None: ...
+    def unlock(self, name: str, token: str) -> None: ...
+    def preferred_body_type(self) -> str | None: ...
+    def remember_body_type(self, body_type: str) -> None: ...
+    def counts(self) -> dict[str, int]: ...

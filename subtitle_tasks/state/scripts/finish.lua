@@ -1,0 +1,34 @@
+-- End a generation once: only the first caller gets the list of requests to notify.
+-- Each of them moves waiting -> finishing and is listed in the `finishing` set,
+-- which recovery uses if the notifier dies before it has sent the callbacks.
+-- ARGV: prefix, generation_id, outcome ('ready'|'error'), result_json, retention
+-- Returns the request ids to notify (empty when someone else finished it).
+local prefix, gid, outcome, result, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local gen_key = prefix .. ':gen:' .. gid
+local phase = redis.call('HGET', gen_key, 'phase')
+if (not phase) or phase == 'done' then
+  return {}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('HSET', gen_key, 'phase', 'done', 'outcome', outcome, 'result', result,
+  'finished', string.format('%.6f', now))
+redis.call('ZREM', prefix .. ':due', gid)
+local active_key = prefix .. ':active'
+local dedup = redis.call('HGET', gen_key, 'dedup')
+if dedup and redis.call('HGET', active_key, dedup) == gid then
+  redis.call('HDEL', active_key, dedup)
+end
+local notify = {}
+local subs = redis.call('HGET', gen_key, 'subs') or ''
+for rid in string.gmatch(subs, '[^,]+') do
+  local req_key = prefix .. ':req:' .. rid
+  if redis.call('HGET', req_key, 'state') == 'waiting' then
+    redis.call('HSET', req_key, 'state', 'finishing', 'outcome', outcome)
+    redis.call('ZADD', prefix .. ':finishing', now, rid)
+    notify[#notify + 1] = rid
+  end
+end
+-- The generation outlives its requests' retention slightly: status() reads both.
+redis.call('EXPIRE', gen_key, math.floor(retention) + 3600)
+return notify

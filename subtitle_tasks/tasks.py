@@ -1,0 +1,83 @@
+"""The Celery tasks: thin shells around pipeline, callbacks and recovery.
+
+Shared tasks with stable names, so any Celery app gets them (``init_app``) and a
+dedicated fleet runs ``celery -A subtitle_tasks worker``. Arguments are ids only:
+no token, no callback, no API payload ever travels through the broker from here.
+
+Every task acknowledges early on purpose: the durable record of pending work is
+the schedule in Redis (with leases), not the broker message, so a lost message
+costs one lease, never a visibility timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from .callbacks import Notifier
+from .dispatcher import Dispatcher, celery_publisher
+from .pipeline import Pipeline
+from .runtime import get_runtime
+
+log = logging.getLogger("subtitle_tasks.tasks")
+
+_COMMON = dict(bind=True, ignore_result=True, acks_late=False, serializer="json")
+
+
+def _notifier(app) -> Notifier:
+    runtime = get_runtime()
+    return Notifier(runtime.store, app, lock_ttl=runtime.settings.lease)
+
+
+def _pipeline(app) -> Pipeline:
+    runtime = get_runtime()
+    return Pipeline(runtime.settings, runtime.store, runtime.client, _notifier(app).notify)
+
+
+@shared_task(name="subtitle_tasks.submit", **_COMMON)
+def submit(self, generation_id: str) -> str:
+    """POST the generation to DatoCMS (or reconcile an earlier POST)."""
+    return _pipeline(self.app).advance(generation_id)
+
+
+@shared_task(name="subtitle_tasks.poll", **_COMMON)
+def poll(self, generation_id: str) -> str:
+    """Poll the job result, then the track, once; the next poll is scheduled, not slept."""
+    return _pipeline(self.app).advance(generation_id)
+
+
+@shared_task(name="subtitle_tasks.notify", **_COMMON)
+def notify(self, request_id: str) -> str:
+    """Send a finished request's callbacks (used by cancel() and by recovery)."""
+    return _notifier(self.app).notify(request_id)
+
+
+@shared_task(name="subtitle_tasks.recover", **_COMMON)
+def recover(self) -> dict:
+    """Celery beat sweep: puts lost work back on track. Safe to run concurrently.
+
+    - hands out overdue steps (covers fleets whose workers run no dispatcher);
+    - re-adds in-flight generations missing from the schedule;
+    - sends callbacks of requests whose notifier died mid-way.
+    """
+    runtime = get_runtime()
+    settings = runtime.settings
+    dispatcher = Dispatcher(runtime.store, celery_publisher(self.app, settings.queue),
+                            lease=settings.lease, batch=settings.dispatch_batch)
+    dispatched = 0
+    while True:
+        n = dispatcher.dispatch_once()
+        dispatched += n
+        if n < settings.dispatch_batch:
+            break
+    repaired = runtime.store.repair_orphans()
+    notifier = _notifier(self.app)
+    renotified = 0
+    for request_id in runtime.store.claim_finishing(stale=settings.lease, limit=1000):
+        if notifier.notify(request_id) in ("ready", "failed"):
+            renotified += 1
+    summary = {"dispatched": dispatched, "repaired": repaired, "renotified": renotified}
+    if repaired or renotified:
+        log.warning("recovery: %s", summary)
+    return summary
