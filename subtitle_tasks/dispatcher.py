@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Callable
 
 from celery import Celery, bootsteps
@@ -55,12 +56,21 @@ class Dispatcher:
             raise
         return len(claimed)
 
-    def run(self, stop: threading.Event, interval: float) -> None:
-        """Loop until ``stop`` is set; never dies of a broker or Redis outage."""
+    def run(self, stop: threading.Event, interval: float, sweep: Callable[[], object] | None = None,
+            sweep_every: float = 60.0) -> None:
+        """Loop until ``stop`` is set; never dies of a broker or Redis outage.
+
+        ``sweep`` (recovery) runs every ``sweep_every`` seconds, so a fleet without
+        celery beat still finishes notifications whose notifier died.
+        """
         failures = 0
+        next_sweep = time.monotonic() + sweep_every
         while not stop.is_set():
             try:
                 handed_out = self.dispatch_once()
+                if sweep is not None and time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + sweep_every
+                    sweep()
                 failures = 0
             except Exception as exc:
                 failures += 1
@@ -92,15 +102,20 @@ class DispatcherStep(bootsteps.StartStopStep):
         self._thread: threading.Thread | None = None
 
     def start(self, worker) -> None:
+        from .callbacks import Notifier
+        from .recovery import Recovery
         from .runtime import get_runtime
 
         runtime = get_runtime()
         settings = runtime.settings
         dispatcher = Dispatcher(runtime.store, celery_publisher(worker.app, settings.queue),
                                 lease=settings.lease, batch=settings.dispatch_batch)
+        notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease)
+        recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
         self._stop.clear()
-        self._thread = threading.Thread(target=dispatcher.run, args=(self._stop, settings.dispatch_interval),
-                                        name="subtitle-tasks-dispatcher", daemon=True)
+        self._thread = threading.Thread(
+            target=dispatcher.run, args=(self._stop, settings.dispatch_interval, recovery.sweep, settings.lease),
+            name="subtitle-tasks-dispatcher", daemon=True)
         self._thread.start()
         log.info("dispatcher started (every %ss, lease %ss)", settings.dispatch_interval, settings.lease)
 

@@ -102,11 +102,11 @@ class Settings:
     poll_max: float = 60.0
     deadline: float = 2 * 60 * 60.0
     http_timeout: float = 10.0
-    lease: float = 60.0
+    lease: float = 30.0
     dispatch_interval: float = 1.0
     dispatch_batch: int = 500
     retention: float = 7 * 24 * 60 * 60.0
-    submit_grace: float = 120.0
+    submit_grace: float = 300.0
     rate_limit: int = 55
     rate_window: float = 3.0
     queue: str | None = None  # None: the app's default queue (ours is "subtitle_tasks")

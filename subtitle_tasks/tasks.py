@@ -18,6 +18,7 @@ from celery import shared_task
 from .callbacks import Notifier
 from .dispatcher import Dispatcher, celery_publisher
 from .pipeline import Pipeline
+from .recovery import Recovery
 from .runtime import get_runtime
 
 log = logging.getLogger("subtitle_tasks.tasks")
@@ -55,29 +56,11 @@ def notify(self, request_id: str) -> str:
 
 @shared_task(name="subtitle_tasks.recover", **_COMMON)
 def recover(self) -> dict:
-    """Celery beat sweep: puts lost work back on track. Safe to run concurrently.
-
-    - hands out overdue steps (covers fleets whose workers run no dispatcher);
-    - re-adds in-flight generations missing from the schedule;
-    - sends callbacks of requests whose notifier died mid-way.
-    """
+    """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
     runtime = get_runtime()
     settings = runtime.settings
     dispatcher = Dispatcher(runtime.store, celery_publisher(self.app, settings.queue),
                             lease=settings.lease, batch=settings.dispatch_batch)
-    dispatched = 0
-    while True:
-        n = dispatcher.dispatch_once()
-        dispatched += n
-        if n < settings.dispatch_batch:
-            break
-    repaired = runtime.store.repair_orphans()
-    notifier = _notifier(self.app)
-    renotified = 0
-    for request_id in runtime.store.claim_finishing(stale=settings.lease, limit=1000):
-        if notifier.notify(request_id) in ("ready", "failed"):
-            renotified += 1
-    summary = {"dispatched": dispatched, "repaired": repaired, "renotified": renotified}
-    if repaired or renotified:
-        log.warning("recovery: %s", summary)
-    return summary
+    dispatched = dispatcher.dispatch_once()
+    summary = Recovery(runtime.store, _notifier(self.app).notify, stale=settings.lease).sweep()
+    return {"dispatched": dispatched, **summary}
