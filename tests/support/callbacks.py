@@ -1,0 +1,29 @@
+"""Callback tasks for the integration tests: each call is recorded in Redis.
+
+The worker under test imports this module (``--include tests.support.callbacks``);
+the test process reads the records back with :func:`read_calls`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import redis
+from celery import shared_task
+
+
+def _calls_key() -> str:
+    return f"{os.environ.get('SUBTITLE_TASKS_KEY_PREFIX', 'subtitle_tasks')}:test:calls"
+
+
+@shared_task(name="tests.record", ignore_result=True)
+def record(payload, kind, tag):
+    """on_ready/on_error target: payload is what subtitle_tasks prepended."""
+    client = redis.Redis.from_url(os.environ["SUBTITLE_TASKS_REDIS_URL"])
+    client.rpush(_calls_key(), json.dumps({"kind": kind, "tag": tag, "payload": payload, "pid": os.getpid()}))
+    client.close()
+
+
+def read_calls(client: redis.Redis, prefix: str) -> list[dict]:
+    return [json.loads(raw) for raw in client.lrange(f"{prefix}:test:calls", 0, -1)]
