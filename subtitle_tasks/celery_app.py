@@ -89,6 +89,12 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
         conf.broker_connection_retry_on_startup = True
         report.changes.append("broker_connection_retry_on_startup=True (workers outlive a broker restart)")
 
+    if str(conf.broker_url or "").startswith(("redis://", "rediss://")) or (settings.broker_url or "").startswith(("redis://", "rediss://")):
+        from .broker_compat import guard_redis_channel_after_collect
+
+        if guard_redis_channel_after_collect():
+            report.changes.append("guarded kombu's Redis channel so a broker restart does not kill workers")
+
     from .dispatcher import DispatcherStep
 
     if DispatcherStep not in app.steps["worker"]:
