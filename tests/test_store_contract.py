@@ -243,7 +243,8 @@ def test_claim_due_reports_the_phase_and_keeps_the_scheduled_time(store):
 def test_claim_due_respects_limit_and_order(subject, store):
     late = new(store, upload="late").generation_id
     store.advance(late, 0.2)
-    early = [new(store, upload=f"e{i}").generation_id for i in range(3)]
+    # ids in creation order sort the same way: ties (a fake clock) go by id, as in a zset
+    early = [new(store, upload=f"e{i}", gid=f"e{i}").generation_id for i in range(3)]
     assert claimed_ids(store, limit=2) == early[:2]
     assert claimed_ids(store, limit=2) == early[2:]
     assert claimed_ids(store) == []
@@ -503,7 +504,7 @@ def test_two_claimers_never_get_the_same_request(subject, store):
     def claimer() -> None:
         start.wait()
         for _ in range(3):
-            got.append(store.claim_finishing(2.0, 2))
+            got.append(store.claim_finishing(0.3, 2))
 
     threads = [threading.Thread(target=claimer) for _ in range(4)]
     for t in threads:

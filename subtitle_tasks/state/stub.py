@@ -1,0 +1,323 @@
+"""In-process store: RedisStore's rules (and its Lua scripts'), kept in dicts behind a lock.
+
+For unit tests (inject ``clock`` and move time without sleeping) and for a single
+process that wants the pipeline without Redis. Threads of one process share it;
+separate processes do not, and nothing survives a restart.
+
+It mirrors the Redis layout on purpose: records are hashes of strings parsed by the
+same ``from_hash`` constructors, the due and finishing sets are score maps ordered
+like sorted sets, and keys with a TTL expire when next touched (plus an occasional
+sweep), as Redis expires keys lazily and in the background.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import threading
+import time
+import uuid
+from typing import Any, Callable
+
+from .base import DONE, FINISHING, SUBMIT, WAITING, Created, Generation, RequestRecord
+
+# Python attribute names -> hash field names, as RedisStore.advance writes them.
+_FIELDS = {
+    "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
+    "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type",
+}
+
+
+def _encode(value: Any) -> str:
+    """A field value as RedisStore stores it, so ``from_hash`` reads back the same thing."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, (tuple, set, frozenset)):
+        return ",".join(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _stamp(t: float) -> str:
+    # The Lua scripts write times with six decimals.
+    return f"{t:.6f}"
+
+
+def _ids(subs: str) -> list[str]:
+    return [s for s in subs.split(",") if s]
+
+
+class _Keyspace:
+    """Values with optional expiry times, expired on access like Redis keys."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, Any] = {}
+        self._expires: dict[str, float] = {}
+
+    def get(self, key: str, now: float) -> Any:
+        when = self._expires.get(key)
+        if when is not None and now > when:  # Redis keeps a key alive up to its expiry instant
+            self.delete(key)
+        return self._values.get(key)
+
+    def set(self, key: str, value: Any, ttl: float | None = None, *, now: float) -> None:
+        """SET semantics: a new value drops any previous TTL."""
+        self._values[key] = value
+        self._expires.pop(key, None)
+        if ttl is not None:
+            self._expires[key] = now + ttl
+
+    def expire(self, key: str, seconds: int, now: float) -> None:
+        """EXPIRE semantics: a TTL of zero or less deletes the key at once."""
+        if key not in self._values:
+            return
+        if seconds <= 0:
+            self.delete(key)
+        else:
+            self._expires[key] = now + seconds
+
+    def delete(self, key: str) -> None:
+        self._values.pop(key, None)
+        self._expires.pop(key, None)
+
+    def sweep(self, now: float) -> None:
+        for key in [k for k, when in self._expires.items() if now > when]:
+            self.delete(key)
+
+
+class MemoryStore:
+    """The :class:`~subtitle_tasks.state.base.Store` protocol in memory, with RedisStore's semantics."""
+
+    def __init__(self, clock: Callable[[], float] = time.time, retention: float = 7 * 86400.0,
+                 sweep_interval: float = 60.0):
+        self.clock = clock
+        self.retention = retention
+        self.sweep_interval = sweep_interval
+        self._lock = threading.Lock()
+        self._keys = _Keyspace()                # "req:{id}", "gen:{id}" hashes; "lock:{name}" tokens
+        self._active: dict[str, str] = {}       # dedup field -> generation in flight
+        self._due: dict[str, float] = {}        # generation -> when its next step is due
+        self._finishing: dict[str, float] = {}  # request -> when its callbacks started
+        self._body_type: str | None = None
+        self._next_sweep = float("-inf")
+
+    # -- internals --------------------------------------------------------------------
+    def _now(self) -> float:
+        """The clock, read once per atomic step (as each Lua script reads TIME once)."""
+        now = self.clock()
+        if now >= self._next_sweep:
+            # Lazy expiry alone would keep records nobody reads again forever.
+            self._keys.sweep(now)
+            self._next_sweep = now + self.sweep_interval
+        return now
+
+    def _gen(self, gid: str, now: float) -> dict[str, str] | None:
+        return self._keys.get(f"gen:{gid}", now)
+
+    def _req(self, rid: str, now: float) -> dict[str, str] | None:
+        return self._keys.get(f"req:{rid}", now)
+
+    def _state(self, rid: str, now: float) -> str | None:
+        req = self._req(rid, now)
+        return req.get("state") if req else None
+
+    def _end_generation(self, gid: str, gen: dict[str, str], now: float, **fields: str) -> None:
+        """Mark done, drop it from the schedule and the dedup index, start its retention."""
+        gen.update(phase=DONE, finished=_stamp(now), **fields)
+        self._due.pop(gid, None)
+        dedup = gen.get("dedup")
+        if dedup and self._active.get(dedup) == gid:
+            del self._active[dedup]
+        # The generation outlives its requests' retention slightly: status() reads both.
+        self._keys.expire(f"gen:{gid}", math.floor(self.retention) + 3600, now)
+
+    @staticmethod
+    def _first_by_score(scores: dict[str, float], upto: float, limit: int) -> list[str]:
+        """ZRANGEBYSCORE -inf upto LIMIT 0 limit: by score, ties by member; a negative limit means all."""
+        hits = [(score, member) for member, score in scores.items() if score <= upto]
+        chosen = sorted(hits) if limit < 0 else heapq.nsmallest(int(limit), hits)
+        return [member for _, member in chosen]
+
+    # -- the edge ---------------------------------------------------------------------
+    def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
+                       on_ready, on_error, deadline) -> Created:
+        # ``deadline`` is a duration (seconds from now), as RedisStore passes it to create.lua.
+        dedup = "|".join([environment or "", upload_id, language_code.lower()])
+        on_ready_raw, on_error_raw = _encode(on_ready), _encode(on_error)
+        with self._lock:
+            now = self._now()
+            existing = self._req(request_id, now)
+            if existing is not None and "gen" in existing:
+                return Created(existing["gen"], False, True)  # a retry of the same request
+            ends = now + float(deadline)
+            gid = self._active.get(dedup)
+            gen = self._gen(gid, now) if gid else None
+            joined = gen is not None and gen.get("phase") not in (None, DONE)
+            if joined:
+                gen["subs"] = gen["subs"] + "," + request_id
+                if ends > float(gen["deadline"]):
+                    gen["deadline"] = _stamp(ends)  # the generation lives as long as its longest wait
+            else:
+                gid = generation_id
+                self._keys.set(f"gen:{gid}", {
+                    "upload": upload_id, "lang": language_code, "name": name or "", "env": environment or "",
+                    "dedup": dedup, "phase": SUBMIT, "attempts": "0", "errors": "0",
+                    "created": _stamp(now), "deadline": _stamp(ends), "due": _stamp(now), "subs": request_id,
+                }, now=now)
+                self._active[dedup] = gid
+                self._due[gid] = now
+            self._keys.set(f"req:{request_id}", {
+                "gen": gid, "upload": upload_id, "lang": language_code, "state": WAITING,
+                "created": _stamp(now), "deadline": _stamp(ends), "on_ready": on_ready_raw, "on_error": on_error_raw,
+            }, now=now)
+            return Created(gid, joined, False)
+
+    def load_request(self, request_id: str) -> RequestRecord | None:
+        with self._lock:
+            raw = self._req(request_id, self._now())
+            return RequestRecord.from_hash(request_id, dict(raw)) if raw else None
+
+    def cancel(self, request_id: str, error: dict) -> str:
+        error_raw = _encode(error)
+        with self._lock:
+            now = self._now()
+            req = self._req(request_id, now)
+            state = req.get("state") if req else None
+            if state != WAITING:
+                return state or "unknown"
+            req.update(state=FINISHING, outcome="error", error=error_raw)
+            self._finishing[request_id] = now
+            gid = req["gen"]
+            gen = self._gen(gid, now)
+            # Unlike cancel.lua, a vanished generation is left vanished (the script would
+            # write a partial hash holding only the done marker).
+            if gen is not None and gen.get("phase") != DONE and not self._others_waiting(gen, request_id, now):
+                # DatoCMS cannot cancel a job; with nobody left waiting we just stop watching it.
+                self._end_generation(gid, gen, now, outcome="cancelled")
+            return WAITING
+
+    def _others_waiting(self, gen: dict[str, str], request_id: str, now: float) -> bool:
+        return any(rid != request_id and self._state(rid, now) == WAITING for rid in _ids(gen.get("subs", "")))
+
+    # -- scheduling -------------------------------------------------------------------
+    def claim_due(self, lease: float, limit: int) -> list[tuple[str, str]]:
+        with self._lock:
+            now = self._now()
+            out = []
+            for gid in self._first_by_score(self._due, now, limit):
+                gen = self._gen(gid, now)
+                phase = gen.get("phase") if gen else None
+                if phase in (None, DONE):
+                    del self._due[gid]  # a stale entry: nothing left to step
+                else:
+                    # The lease: if the step handed out is lost, the entry simply comes due again.
+                    self._due[gid] = now + lease
+                    out.append((gid, phase))
+            return out
+
+    def release(self, generation_id: str) -> None:
+        """Make a claimed generation due again now (its task could not be sent)."""
+        self.advance(generation_id, 0)
+
+    def repair_orphans(self, batch: int = 500) -> int:
+        with self._lock:
+            now = self._now()
+            repaired = 0
+            for gid in set(self._active.values()):
+                gen = self._gen(gid, now)
+                if gen is not None and gen.get("phase") != DONE and gid not in self._due:
+                    self._due[gid] = now
+                    repaired += 1
+            return repaired
+
+    # -- generations ------------------------------------------------------------------
+    def load_generation(self, generation_id: str) -> Generation | None:
+        with self._lock:
+            now = self._now()
+            raw = self._gen(generation_id, now)
+            # load.lua reports its clock with six decimals.
+            return Generation.from_hash(generation_id, float(_stamp(now)), dict(raw)) if raw else None
+
+    def advance(self, generation_id: str, delay: float, **fields: Any) -> bool:
+        updates = {_FIELDS[attr]: _encode(value) for attr, value in fields.items()}
+        with self._lock:
+            now = self._now()
+            gen = self._gen(generation_id, now)
+            if gen is None or gen.get("phase") == DONE:
+                return False  # finished meanwhile: a cancel or another finisher won
+            due = now + max(0.0, delay)
+            gen.update(updates)
+            gen["due"] = _stamp(due)
+            self._due[generation_id] = due
+            return True
+
+    def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:
+        result_raw = _encode(result)
+        with self._lock:
+            now = self._now()
+            gen = self._gen(generation_id, now)
+            if gen is None or gen.get("phase") == DONE:
+                return []  # someone else finished it: only the first caller notifies
+            self._end_generation(generation_id, gen, now, outcome=outcome, result=result_raw)
+            notify = []
+            for rid in _ids(gen.get("subs", "")):
+                req = self._req(rid, now)
+                if req is not None and req.get("state") == WAITING:
+                    req.update(state=FINISHING, outcome=outcome)
+                    self._finishing[rid] = now
+                    notify.append(rid)
+            return notify
+
+    def settle(self, request_id: str, final_state: str) -> bool:
+        with self._lock:
+            now = self._now()
+            self._finishing.pop(request_id, None)
+            req = self._req(request_id, now)
+            if req is None or req.get("state") != FINISHING:
+                return False
+            req.update(state=final_state, finished=_stamp(now))
+            self._keys.expire(f"req:{request_id}", math.floor(self.retention), now)
+            return True
+
+    def claim_finishing(self, stale: float, limit: int) -> list[str]:
+        with self._lock:
+            now = self._now()
+            ids = self._first_by_score(self._finishing, now - stale, limit)
+            for rid in ids:
+                self._finishing[rid] = now  # claimed: a second recoverer now sees it as fresh
+            return ids
+
+    # -- coordination -----------------------------------------------------------------
+    def lock(self, name: str, ttl: float) -> str | None:
+        """Take ``lock:{name}`` for ``ttl`` seconds (whole milliseconds, at least one)."""
+        with self._lock:
+            now = self._now()
+            key = f"lock:{name}"
+            if self._keys.get(key, now) is not None:
+                return None
+            token = uuid.uuid4().hex
+            self._keys.set(key, token, max(1, int(ttl * 1000)) / 1000.0, now=now)
+            return token
+
+    def unlock(self, name: str, token: str) -> None:
+        with self._lock:
+            key = f"lock:{name}"
+            # Only the holder releases: the lock may have expired and been retaken.
+            if self._keys.get(key, self._now()) == token:
+                self._keys.delete(key)
+
+    def preferred_body_type(self) -> str | None:
+        with self._lock:
+            return self._body_type or None
+
+    def remember_body_type(self, body_type: str) -> None:
+        with self._lock:
+            self._body_type = body_type
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"scheduled": len(self._due), "in_flight": len(self._active), "finishing": len(self._finishing)}
