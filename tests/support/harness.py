@@ -36,13 +36,16 @@ class Worker:
     """A real `celery worker` process with its own environment."""
 
     def __init__(self, env: dict[str, str], app: str = "subtitle_tasks", pool: str = "prefork",
-                 concurrency: int = 2, extra: list[str] | None = None, name: str | None = None):
+                 concurrency: int = 2, extra: list[str] | None = None, name: str | None = None,
+                 lean: bool = True):
         self.env = env
         self.app = app
         self.args = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", pool,
                      "--concurrency", str(concurrency), "--include", "tests.support.callbacks",
-                     "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                     "--hostname", f"{name or uuid.uuid4().hex[:8]}@%h", *(extra or [])]
+                     "--loglevel", "INFO", "--hostname", f"{name or uuid.uuid4().hex[:8]}@%h",
+                     # lean: skip gossip/mingle/heartbeat, which only slow a test worker's start
+                     *(["--without-gossip", "--without-mingle", "--without-heartbeat"] if lean else []),
+                     *(extra or [])]
         self.process: subprocess.Popen | None = None
         self.log_path = Path(env["TEST_LOG_DIR"]) / f"worker-{uuid.uuid4().hex[:6]}.log"
 
