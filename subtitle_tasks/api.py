@@ -50,7 +50,7 @@ def request_subtitles(upload_id: str, language_code: str, *, name: str | None = 
     created = runtime.store.create_request(
         request_id=rid, generation_id=uuid.uuid4().hex, upload_id=upload_id, language_code=language_code,
         name=name, environment=settings.environment, on_ready=normalize("on_ready", on_ready),
-        on_error=normalize("on_error", on_error), deadline=ttl,
+        on_error=normalize("on_error", on_error), ttl=ttl,
     )
     log.info("request %s for upload %s (%s) %s generation %s", rid, upload_id, language_code,
              "joined" if created.joined else "started", created.generation_id)

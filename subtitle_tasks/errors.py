@@ -27,7 +27,7 @@ class ErrorCode(str, enum.Enum):
     TRACK_MISSING = "track_missing"          # the job's track vanished from the upload's track list
     DEADLINE_EXCEEDED = "deadline_exceeded"  # not finished before the request's deadline
     CANCELLED = "cancelled"                  # subtitle_tasks.cancel() ended it
-    PROTOCOL_ERROR = "protocol_error"        # an answer we cannot understand, repeatedly
+    PROTOCOL_ERROR = "protocol_error"        # a permanent failure none of the codes above describes
 
     def __str__(self) -> str:
         return self.value

@@ -62,17 +62,25 @@ class Pipeline:
                 return "finished"
             if gen.due is not None and gen.due > gen.now + 0.001:
                 return "not-due"  # a duplicate delivery of a step already done
+            outcome = self._run_step(gen)
             if gen.expired:
-                return self._fail(gen, ErrorCode.DEADLINE_EXCEEDED, self._deadline_message(gen))
-            step = {SUBMIT: self._submit, JOB: self._poll_job, TRACK: self._watch_track}[gen.phase]
-            try:
-                return step(gen)
-            except api.RetryableError as exc:
-                return self._retry_later(gen, exc)
-            except (api.PermanentError, api.JobFailed) as exc:
-                return self._fail(gen, code_for_api_error(exc), str(exc), exc)
+                # The step at the deadline still looked once (a job done just in time
+                # counts); if that did not finish it, the request ends here.
+                latest = self.store.load_generation(generation_id)
+                if latest is not None and latest.phase != DONE:
+                    return self._fail(latest, ErrorCode.DEADLINE_EXCEEDED, self._deadline_message(latest))
+            return outcome
         finally:
             self.store.unlock(f"gen:{generation_id}", token)
+
+    def _run_step(self, gen: Generation) -> str:
+        step = {SUBMIT: self._submit, JOB: self._poll_job, TRACK: self._watch_track}[gen.phase]
+        try:
+            return step(gen)
+        except api.RetryableError as exc:
+            return self._retry_later(gen, exc)
+        except (api.PermanentError, api.JobFailed) as exc:
+            return self._fail(gen, code_for_api_error(exc), str(exc), exc)
 
     # -- steps ------------------------------------------------------------------------
     def _submit(self, gen: Generation) -> str:
@@ -162,7 +170,7 @@ class Pipeline:
 
     def _retry_later(self, gen: Generation, exc: api.RetryableError) -> str:
         log.info("generation %s: %s; retrying", gen.id, exc)
-        self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1)
+        self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1, last_error=str(exc))
         return "retry"
 
     # -- timing -----------------------------------------------------------------------
@@ -183,7 +191,10 @@ class Pipeline:
         waited = gen.now - gen.created
         where = {SUBMIT: "submitting", JOB: f"waiting for job {gen.job_id}",
                  TRACK: f"waiting for track {gen.track_id} to be ready"}[gen.phase]
-        return f"gave up after {waited:.0f}s {where} (deadline reached)"
+        message = f"gave up after {waited:.0f}s {where} (deadline reached)"
+        if gen.last_error and gen.errors:
+            message += f"; last error: {gen.last_error}"
+        return message
 
     def _find_new_track(self, gen: Generation) -> UploadTrack | None:
         wanted = gen.language_code.lower()

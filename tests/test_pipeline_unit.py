@@ -148,7 +148,7 @@ class Env:
     def request(self, rid: str = "r1", *, upload: str = "u1", lang: str = "it-IT", ttl: float = 3600.0) -> str:
         return self.store.create_request(
             request_id=rid, generation_id=f"g-{rid}", upload_id=upload, language_code=lang, name="Italiano",
-            environment=None, on_ready=[], on_error=[], deadline=ttl,
+            environment=None, on_ready=[], on_error=[], ttl=ttl,
         ).generation_id
 
     def step(self, gid: str) -> str:
@@ -466,16 +466,37 @@ def test_job_result_with_an_errored_track_records_the_track(env):
 
 # -- timing and coordination ----------------------------------------------------------------
 
-def test_deadline_passed_ends_with_deadline_exceeded_without_calling_the_api(env):
+def test_at_the_deadline_one_last_poll_then_deadline_exceeded(env):
     gid = env.submitted(ttl=100)
     env.clock.t = START + 100
     env.client.calls.clear()
+    env.client.jobs.append(None)  # still running at the deadline
     assert env.step(gid) == "error"
-    assert env.client.calls == []
+    assert env.client.calls == [("job", "job-1")]
     result = env.gen(gid).result
     assert result["code"] == "deadline_exceeded" and "waiting for job job-1" in result["message"]
     assert env.notified == ["r1"]
     assert env.store.load_request("r1").state == FINISHING
+
+
+def test_a_job_done_just_at_the_deadline_still_counts(env):
+    gid = env.submitted(ttl=100)
+    env.clock.t = START + 100
+    env.client.jobs.append(track("t1"))
+    assert env.step(gid) == "ready"
+    assert env.gen(gid).outcome == "ready"
+
+
+def test_deadline_message_names_the_last_error(env):
+    gid = env.submitted(ttl=100)
+    env.clock.t = START + 99
+    env.client.jobs.append(server_error(503, method="GET", path="/job-results/job-1"))
+    env.step(gid)
+    env.clock.t = START + 100
+    env.client.jobs.append(server_error(503, method="GET", path="/job-results/job-1"))
+    assert env.step(gid) == "error"
+    message = env.gen(gid).result["message"]
+    assert "deadline" in message and "last error" in message and "503" in message
 
 
 def test_duplicate_delivery_is_not_due(env):

@@ -110,7 +110,7 @@ def new(store, rid: str | None = None, *, upload: str = "u1", lang: str = "it-IT
         env: str | None = None, name: str | None = "Italiano", gid: str | None = None) -> Created:
     return store.create_request(
         request_id=rid or uuid.uuid4().hex, generation_id=gid or uuid.uuid4().hex, upload_id=upload,
-        language_code=lang, name=name, environment=env, on_ready=ON_READY, on_error=ON_ERROR, deadline=ttl,
+        language_code=lang, name=name, environment=env, on_ready=ON_READY, on_error=ON_ERROR, ttl=ttl,
     )
 
 

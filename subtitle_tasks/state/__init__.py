@@ -5,3 +5,4 @@ from .base import (  # noqa: F401
     Created, Generation, RequestRecord, Store,
 )
 from .redis import RedisStore  # noqa: F401
+from .stub import MemoryStore  # noqa: F401

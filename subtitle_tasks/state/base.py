@@ -28,6 +28,37 @@ WAITING, FINISHING, READY, FAILED = "waiting", "finishing", "ready", "failed"
 OUTCOME_READY, OUTCOME_ERROR = "ready", "error"
 
 
+# Generation attributes Store.advance may change -> their hash field names (kept short:
+# a fleet may hold 100,000 waiting generations).
+GENERATION_FIELDS = {
+    "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
+    "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type", "last_error": "last_error",
+}
+
+
+def encode_value(value: Any) -> str:
+    """How every store writes a value into a hash field (``from_hash`` reads it back)."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    if isinstance(value, (tuple, set, frozenset)):
+        return ",".join(value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Store.advance's keyword arguments as hash fields."""
+    out = {}
+    for attr, value in fields.items():
+        if attr == "known_tracks":
+            value = ",".join(value or ())  # any sequence of ids, never JSON
+        out[GENERATION_FIELDS[attr]] = encode_value(value)
+    return out
+
+
 def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
@@ -51,6 +82,7 @@ class Generation:
     posted_at: float | None  # a POST may have gone out at this time (cleared when we know)
     known_tracks: tuple[str, ...]  # track ids the upload had before our first POST
     body_type: str | None
+    last_error: str | None  # the latest retryable failure, for the deadline message
     outcome: str | None
     result: dict | None
     subscribers: tuple[str, ...]
@@ -81,6 +113,7 @@ class Generation:
             posted_at=_float(raw.get("posted")),
             known_tracks=tuple(known.split(",")) if known else (),
             body_type=raw.get("body_type") or None,
+            last_error=raw.get("last_error") or None,
             outcome=raw.get("outcome") or None,
             result=json.loads(result) if result else None,
             subscribers=tuple(s for s in raw.get("subs", "").split(",") if s),
@@ -133,7 +166,7 @@ class Store(Protocol):
 
     def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
                        name: str | None, environment: str | None, on_ready: list[dict], on_error: list[dict],
-                       deadline: float) -> Created: ...
+                       ttl: float) -> Created: ...
 
     def claim_due(self, lease: float, limit: int) -> list[tuple[str, str]]: ...
     def release(self, generation_id: str) -> None: ...

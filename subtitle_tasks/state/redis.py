@@ -17,14 +17,13 @@ server's clock.
 
 from __future__ import annotations
 
-import json
 import uuid
 from importlib import resources
 from typing import Any
 
 import redis
 
-from .base import Created, Generation, RequestRecord
+from .base import Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode
 
 _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock")
 
@@ -55,25 +54,6 @@ def _pairs(flat: list) -> dict[str, str]:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
-def _encode(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    if isinstance(value, (tuple, set, frozenset)):
-        return ",".join(value)
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-# Python attribute names -> hash field names (short: 100,000 waiting generations).
-_FIELD_NAMES = {
-    "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
-    "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type",
-}
-
-
 class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str = "subtitle_tasks", retention: float = 7 * 86400.0):
         self.client = client
@@ -88,11 +68,11 @@ class RedisStore:
 
     # -- the edge ---------------------------------------------------------------------
     def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
-                       on_ready, on_error, deadline) -> Created:
+                       on_ready, on_error, ttl) -> Created:
         dedup = "|".join([environment or "", upload_id, language_code.lower()])
         gid, joined, existed = self._run(
             "create", request_id, generation_id, upload_id, language_code, name or "", environment or "", dedup,
-            _encode(on_ready), _encode(on_error), repr(float(deadline)),
+            _encode(on_ready), _encode(on_error), repr(float(ttl)),
         )
         return Created(_text(gid), bool(int(joined)), bool(int(existed)))
 
@@ -139,8 +119,8 @@ class RedisStore:
 
     def advance(self, generation_id: str, delay: float, **fields: Any) -> bool:
         args: list[str] = []
-        for attr, value in fields.items():
-            args += [_FIELD_NAMES[attr], _encode(value)]
+        for name, value in encode_generation_fields(fields).items():
+            args += [name, value]
         return bool(int(self._run("advance", generation_id, max(0.0, delay), *args)))
 
     def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:

@@ -13,34 +13,15 @@ sweep), as Redis expires keys lazily and in the background.
 from __future__ import annotations
 
 import heapq
-import json
-import math
 import threading
 import time
 import uuid
 from typing import Any, Callable
 
-from .base import DONE, FINISHING, SUBMIT, WAITING, Created, Generation, RequestRecord
-
-# Python attribute names -> hash field names, as RedisStore.advance writes them.
-_FIELDS = {
-    "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
-    "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type",
-}
-
-
-def _encode(value: Any) -> str:
-    """A field value as RedisStore stores it, so ``from_hash`` reads back the same thing."""
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, separators=(",", ":"))
-    if isinstance(value, (tuple, set, frozenset)):
-        return ",".join(value)
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
+from .base import (
+    DONE, FINISHING, SUBMIT, WAITING, Created, Generation, RequestRecord, encode_generation_fields,
+    encode_value as _encode,
+)
 
 def _stamp(t: float) -> str:
     # The Lua scripts write times with six decimals.
@@ -133,7 +114,7 @@ class MemoryStore:
         if dedup and self._active.get(dedup) == gid:
             del self._active[dedup]
         # The generation outlives its requests' retention slightly: status() reads both.
-        self._keys.expire(f"gen:{gid}", math.floor(self.retention) + 3600, now)
+        self._keys.expire(f"gen:{gid}", max(0.001, self.retention) + 3600, now)
 
     @staticmethod
     def _first_by_score(scores: dict[str, float], upto: float, limit: int) -> list[str]:
@@ -144,8 +125,8 @@ class MemoryStore:
 
     # -- the edge ---------------------------------------------------------------------
     def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
-                       on_ready, on_error, deadline) -> Created:
-        # ``deadline`` is a duration (seconds from now), as RedisStore passes it to create.lua.
+                       on_ready, on_error, ttl) -> Created:
+        # ``ttl``: seconds from now until the request's deadline.
         dedup = "|".join([environment or "", upload_id, language_code.lower()])
         on_ready_raw, on_error_raw = _encode(on_ready), _encode(on_error)
         with self._lock:
@@ -153,7 +134,7 @@ class MemoryStore:
             existing = self._req(request_id, now)
             if existing is not None and "gen" in existing:
                 return Created(existing["gen"], False, True)  # a retry of the same request
-            ends = now + float(deadline)
+            ends = now + float(ttl)
             gid = self._active.get(dedup)
             gen = self._gen(gid, now) if gid else None
             joined = gen is not None and gen.get("phase") not in (None, DONE)
@@ -243,7 +224,7 @@ class MemoryStore:
             return Generation.from_hash(generation_id, float(_stamp(now)), dict(raw)) if raw else None
 
     def advance(self, generation_id: str, delay: float, **fields: Any) -> bool:
-        updates = {_FIELDS[attr]: _encode(value) for attr, value in fields.items()}
+        updates = encode_generation_fields(fields)
         with self._lock:
             now = self._now()
             gen = self._gen(generation_id, now)
@@ -280,7 +261,7 @@ class MemoryStore:
             if req is None or req.get("state") != FINISHING:
                 return False
             req.update(state=final_state, finished=_stamp(now))
-            self._keys.expire(f"req:{request_id}", math.floor(self.retention), now)
+            self._keys.expire(f"req:{request_id}", max(0.001, self.retention), now)
             return True
 
     def claim_finishing(self, stale: float, limit: int) -> list[str]:

@@ -22,13 +22,14 @@ for other in string.gmatch(subs, '[^,]+') do
     still_waiting = true
   end
 end
-if not still_waiting and redis.call('HGET', gen_key, 'phase') ~= 'done' then
+local phase = redis.call('HGET', gen_key, 'phase')
+if not still_waiting and phase and phase ~= 'done' then
   redis.call('HSET', gen_key, 'phase', 'done', 'outcome', 'cancelled', 'finished', string.format('%.6f', now))
   redis.call('ZREM', prefix .. ':due', gid)
   local dedup = redis.call('HGET', gen_key, 'dedup')
   if dedup and redis.call('HGET', prefix .. ':active', dedup) == gid then
     redis.call('HDEL', prefix .. ':active', dedup)
   end
-  redis.call('EXPIRE', gen_key, math.floor(retention) + 3600)
+  redis.call('PEXPIRE', gen_key, math.max(1, math.floor(retention * 1000)) + 3600000)
 end
 return 'waiting'

@@ -30,5 +30,5 @@ for rid in string.gmatch(subs, '[^,]+') do
   end
 end
 -- The generation outlives its requests' retention slightly: status() reads both.
-redis.call('EXPIRE', gen_key, math.floor(retention) + 3600)
+redis.call('PEXPIRE', gen_key, math.max(1, math.floor(retention * 1000)) + 3600000)
 return notify

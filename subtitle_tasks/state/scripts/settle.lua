@@ -10,5 +10,5 @@ end
 local t = redis.call('TIME')
 redis.call('HSET', req_key, 'state', final,
   'finished', string.format('%.6f', tonumber(t[1]) + tonumber(t[2]) / 1000000))
-redis.call('EXPIRE', req_key, math.floor(retention))
+redis.call('PEXPIRE', req_key, math.max(1, math.floor(retention * 1000)))
 return 1
