@@ -13,14 +13,14 @@ from typing import Any
 
 from .api import RequestHandle, cancel, request_subtitles, status
 from .celery_app import InitReport, init_app
-from .errors import ErrorCode, InvalidSubtitleRequest, UnknownRequest
+from .errors import ErrorCode, InvalidSubtitleRequest, StateUnavailable, UnknownRequest
 from .settings import ConfigurationError, Settings, load_settings
 
 __version__ = "0.1.0"
 
 __all__ = [
     "request_subtitles", "status", "cancel", "RequestHandle", "init_app", "InitReport",
-    "ErrorCode", "InvalidSubtitleRequest", "UnknownRequest", "ConfigurationError", "Settings",
+    "ErrorCode", "InvalidSubtitleRequest", "StateUnavailable", "UnknownRequest", "ConfigurationError", "Settings",
     "load_settings", "__version__",
 ]
 

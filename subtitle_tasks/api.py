@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import redis
+
 from . import validation
 from .callbacks import normalize
-from .errors import ErrorCode, UnknownRequest
+from .errors import ErrorCode, StateUnavailable, UnknownRequest
 from .runtime import get_runtime
 from .state import WAITING
 
 log = logging.getLogger("subtitle_tasks")
+
+
+def _state_errors_as_unavailable(fn):
+    """Redis trouble reaches the web app as one clear, retryable exception."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except redis.exceptions.RedisError as exc:
+            raise StateUnavailable(f"request state store unreachable ({type(exc).__name__}: {exc})") from None
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -31,10 +45,14 @@ class RequestHandle:
         return cancel(self.id)
 
 
+@_state_errors_as_unavailable
 def request_subtitles(upload_id: str, language_code: str, *, name: str | None = None,
                       on_ready: Any = None, on_error: Any = None, deadline: float | None = None,
                       request_id: str | None = None, check_language: bool = True) -> RequestHandle:
-    """Ask for a subtitles track; returns at once. Raises InvalidSubtitleRequest on bad input.
+    """Ask for a subtitles track; returns at once.
+
+    Raises InvalidSubtitleRequest on bad input and StateUnavailable when Redis is
+    unreachable; in both cases nothing was written.
 
     ``on_ready`` signatures get the ready ``upload_track`` resource as first argument,
     ``on_error`` signatures an error dict (see errors.py); exactly one kind fires, once.
@@ -57,6 +75,7 @@ def request_subtitles(upload_id: str, language_code: str, *, name: str | None = 
     return RequestHandle(rid, created.generation_id, created.joined)
 
 
+@_state_errors_as_unavailable
 def status(request_id: str) -> dict:
     """Where a request stands: state, upload, language, job id, track id, attempts, error."""
     store = get_runtime().store
@@ -86,6 +105,7 @@ def status(request_id: str) -> dict:
     }
 
 
+@_state_errors_as_unavailable
 def cancel(request_id: str) -> bool:
     """End a waiting request now with a ``cancelled`` error callback. False if it had ended."""
     runtime = get_runtime()

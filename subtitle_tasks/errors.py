@@ -45,6 +45,14 @@ class InvalidSubtitleRequest(ValueError):
         self.message = message
 
 
+class StateUnavailable(RuntimeError):
+    """The Redis holding request state could not be reached; nothing was written.
+
+    Safe to retry (with ``request_id=`` the retry cannot create a second request);
+    a web app would answer 503.
+    """
+
+
 class UnknownRequest(LookupError):
     """No state is kept for this request id (never existed, or past its retention)."""
 

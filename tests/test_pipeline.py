@@ -231,3 +231,15 @@ def test_token_never_enters_broker_messages_or_state(harness, sim):
         kind = harness.redis.type(key)
         blob = repr(harness.redis.dump(key))
         assert TOKEN not in blob, (key, kind)
+
+
+def test_unreachable_state_store_is_one_clear_retryable_error(harness):
+    from subtitle_tasks import StateUnavailable, runtime
+    from subtitle_tasks.local_redis import free_port
+    from subtitle_tasks.settings import load_settings
+
+    runtime.configure(load_settings({"redis_url": f"redis://127.0.0.1:{free_port()}/0"}, environ={}))
+    with pytest.raises(StateUnavailable, match="unreachable"):
+        ask("video-nostate")
+    with pytest.raises(StateUnavailable):
+        subtitle_tasks.status("anything")
