@@ -31,15 +31,25 @@ def task_for_phase(phase: str) -> str:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, publish: Callable[[list[tuple[str, str]]], None], *, lease: float, batch: int):
+    def __init__(self, store: Store, publish: Callable[[list[tuple[str, str]]], None], *, lease: float, batch: int,
+                 pace: int = 0, window: float = 0.0):
         self.store = store
         self.publish = publish
         self.lease = lease
         self.batch = batch
+        # Fleet-wide: at most `pace` steps per `window` (the API quota), so a backlog of
+        # due steps waits in the schedule rather than as messages bouncing off the limiter.
+        self.pace = pace
+        self.window = window
+
+    @classmethod
+    def from_settings(cls, store: Store, publish, settings) -> "Dispatcher":
+        return cls(store, publish, lease=settings.lease, batch=settings.dispatch_batch,
+                   pace=settings.rate_limit, window=settings.rate_window)
 
     def dispatch_once(self) -> int:
         """Claim what is due and publish it; returns how many steps were handed out."""
-        claimed = self.store.claim_due(self.lease, self.batch)
+        claimed = self.store.claim_due(self.lease, self.batch, self.pace, self.window)
         if not claimed:
             return 0
         try:
@@ -108,8 +118,7 @@ class DispatcherStep(bootsteps.StartStopStep):
 
         runtime = get_runtime()
         settings = runtime.settings
-        dispatcher = Dispatcher(runtime.store, celery_publisher(worker.app, settings.queue),
-                                lease=settings.lease, batch=settings.dispatch_batch)
+        dispatcher = Dispatcher.from_settings(runtime.store, celery_publisher(worker.app, settings.queue), settings)
         notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
         self._stop.clear()

@@ -59,8 +59,7 @@ def recover(self) -> dict:
     """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
     runtime = get_runtime()
     settings = runtime.settings
-    dispatcher = Dispatcher(runtime.store, celery_publisher(self.app, settings.queue),
-                            lease=settings.lease, batch=settings.dispatch_batch)
+    dispatcher = Dispatcher.from_settings(runtime.store, celery_publisher(self.app, settings.queue), settings)
     dispatched = dispatcher.dispatch_once()
     summary = Recovery(runtime.store, _notifier(self.app).notify, stale=settings.lease).sweep()
     return {"dispatched": dispatched, **summary}

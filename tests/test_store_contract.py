@@ -252,6 +252,24 @@ def test_claim_due_respects_limit_and_order(subject, store):
     assert claimed_ids(store) == [late]
 
 
+def test_claim_due_paces_the_fleet_per_window(subject, store):
+    gids = [new(store, upload=f"p{i}").generation_id for i in range(5)]
+    # A pace of 3 per window, shared by every dispatcher: the rest stay due, unclaimed.
+    first = store.claim_due(60, 10, 3, 0.4)
+    second = store.claim_due(60, 10, 3, 0.4)
+    assert len(first) == 3 and second == []
+    assert store.counts()["scheduled"] == 5
+    subject.wait(0.5)  # a new window
+    rest = store.claim_due(60, 10, 3, 0.4)
+    assert sorted(g for g, _ in first + rest) == sorted(gids)
+
+
+def test_claim_due_without_pace_is_unlimited(store):
+    for i in range(4):
+        new(store, upload=f"n{i}")
+    assert len(store.claim_due(60, 10)) == 4
+
+
 def test_a_generation_not_yet_due_is_not_claimed(store):
     gid = new(store).generation_id
     assert store.advance(gid, 60)

@@ -9,6 +9,7 @@ Keys (``P`` is ``SUBTITLE_TASKS_KEY_PREFIX``)::
     P:finishing          zset   request -> when its callbacks started being sent
     P:lock:{name}        string who is working on a generation (or notifying a request)
     P:body_type          string the request body type the API accepted last
+    P:dispatched         string steps handed out in the current pacing window
 
 Every multi-key change is one Lua script, so a worker killed at any instant leaves
 either the state before or the state after, never a mix. Times come from the Redis
@@ -86,8 +87,9 @@ class RedisStore:
         return _text(self._run("cancel", request_id, _encode(error), self.retention))
 
     # -- scheduling -------------------------------------------------------------------
-    def claim_due(self, lease: float, limit: int) -> list[tuple[str, str]]:
-        flat = self._run("claim_due", lease, limit)
+    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
+        """Due steps, leased; ``pace`` > 0 caps the fleet at that many per ``window`` seconds."""
+        flat = self._run("claim_due", lease, limit, pace, window)
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def release(self, generation_id: str) -> None:

@@ -85,6 +85,7 @@ class MemoryStore:
         self._finishing: dict[str, float] = {}  # request -> when its callbacks started
         self._body_type: str | None = None
         self._next_sweep = float("-inf")
+        self._pace_used, self._pace_window_ends = 0, float("-inf")  # claim_due's pacing window
 
     # -- internals --------------------------------------------------------------------
     def _now(self) -> float:
@@ -185,9 +186,15 @@ class MemoryStore:
         return any(rid != request_id and self._state(rid, now) == WAITING for rid in _ids(gen.get("subs", "")))
 
     # -- scheduling -------------------------------------------------------------------
-    def claim_due(self, lease: float, limit: int) -> list[tuple[str, str]]:
+    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
         with self._lock:
             now = self._now()
+            if pace > 0:
+                if now >= self._pace_window_ends:
+                    self._pace_used, self._pace_window_ends = 0, now + window
+                limit = min(limit, pace - self._pace_used)
+                if limit <= 0:
+                    return []
             out = []
             for gid in self._first_by_score(self._due, now, limit):
                 gen = self._gen(gid, now)
@@ -198,6 +205,8 @@ class MemoryStore:
                     # The lease: if the step handed out is lost, the entry simply comes due again.
                     self._due[gid] = now + lease
                     out.append((gid, phase))
+            if pace > 0:
+                self._pace_used += len(out)
             return out
 
     def release(self, generation_id: str) -> None:

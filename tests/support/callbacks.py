@@ -17,11 +17,15 @@ def _calls_key() -> str:
     return f"{os.environ.get('SUBTITLE_TASKS_KEY_PREFIX', 'subtitle_tasks')}:test:calls"
 
 
-@shared_task(name="tests.record", ignore_result=True)
-def record(payload, kind, tag):
-    """on_ready/on_error target: payload is what subtitle_tasks prepended."""
+@shared_task(name="tests.record", ignore_result=True, bind=True)
+def record(self, payload, kind, tag):
+    """on_ready/on_error target: payload is what subtitle_tasks prepended.
+
+    The message's task id tells a second publish (new id) from a broker redelivery (same id).
+    """
     client = redis.Redis.from_url(os.environ["SUBTITLE_TASKS_REDIS_URL"])
-    client.rpush(_calls_key(), json.dumps({"kind": kind, "tag": tag, "payload": payload, "pid": os.getpid()}))
+    client.rpush(_calls_key(), json.dumps({"kind": kind, "tag": tag, "payload": payload, "pid": os.getpid(),
+                                           "task_id": self.request.id}))
     client.close()
 
 

@@ -28,6 +28,7 @@ class ChaosReport:
     calls: Counter = field(default_factory=Counter)  # (tag, kind) -> count
     posts: Counter = field(default_factory=Counter)  # (env, upload, lang) -> accepted POSTs
     kills: Counter = field(default_factory=Counter)  # kill kind -> count
+    task_ids: dict[str, list[str]] = field(default_factory=dict)  # tag -> callback message ids
     seconds_to_finish: float = 0.0
 
     def problems(self) -> list[str]:
@@ -35,7 +36,9 @@ class ChaosReport:
         for tag, kind in self.expected.items():
             got = {k: n for (t, k), n in self.calls.items() if t == tag}
             if got != {kind: 1}:
-                out.append(f"{tag}: expected one {kind} callback, got {got}")
+                ids = self.task_ids.get(tag, [])
+                how = "published twice" if len(set(ids)) > 1 else "delivered twice by the broker" if ids else ""
+                out.append(f"{tag}: expected one {kind} callback, got {got} {how}".rstrip())
         out += [f"{key}: {n} accepted POSTs" for key, n in self.posts.items() if n > 1]
         return out
 
@@ -117,7 +120,9 @@ def run_chaos(h: Harness, *, requests: int, chaos_seconds: float, workers: int =
         called = {c["tag"] for c in h.calls()}
         stuck = {tag: subtitle_tasks.status(handle.id) for tag, handle in handles.items() if tag not in called}
         raise AssertionError(f"{len(stuck)} requests got no callback: {list(stuck.items())[:5]}") from None
-    report.seconds_to_finish = time.monotonic() - started
+    report.seconds_to_finish = h.reached_at - started
     report.calls = h.calls_by_tag()
+    for call in h.calls():
+        report.task_ids.setdefault(call["tag"], []).append(call.get("task_id"))
     report.posts = h.sim.accepted_posts()
     return report

@@ -101,6 +101,7 @@ class Harness:
         }
         self.redis = redis.Redis.from_url(self.env["SUBTITLE_TASKS_REDIS_URL"])
         self.workers: list[Worker] = []
+        self.reached_at = 0.0  # when wait_for_calls last saw its count reached
         self.settings = load_settings({
             "redis_url": self.env["SUBTITLE_TASKS_REDIS_URL"], "broker_url": self.env["CELERY_BROKER_URL"],
             "key_prefix": self.prefix, "queue": self.env["SUBTITLE_TASKS_QUEUE"],
@@ -132,6 +133,7 @@ class Harness:
         while time.monotonic() < deadline:
             calls = self.calls()
             if len(calls) >= n:
+                self.reached_at = time.monotonic()
                 time.sleep(settle)
                 return self.calls()
             time.sleep(0.05)

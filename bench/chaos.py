@@ -1,0 +1,64 @@
+"""The long chaos run: many requests, injected API faults, workers killed in a loop.
+
+    python -m bench.chaos --requests 1000 --seconds 180 --workers 3
+
+Prints the per-request guarantees (exactly one callback of the right kind, at most one
+accepted POST per upload and language) and how long the fleet took, next to a quiet
+run of the same requests without kills or faults measured in the same invocation.
+Exits 1 if any guarantee was broken. The short version runs in CI
+(tests/test_resilience.py::test_chaos_every_request_ends_once_with_one_generation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from subtitle_tasks.local_redis import LocalRedis
+from subtitle_tasks.testing import Simulator, SimulatorConfig
+from tests.support.chaos import FAULTS, run_chaos
+from tests.support.harness import TOKEN, Harness
+
+
+def one_run(requests: int, seconds: float, workers: int, seed: int, chaotic: bool):
+    with LocalRedis(appendonly=True) as server, \
+            Simulator(SimulatorConfig(job_seconds=0.5, preparing_seconds=0.5, token=TOKEN, seed=seed,
+                                      rate_limit=100_000)) as sim:
+        if chaotic:
+            sim.configure(faults=FAULTS)
+        logs = Path(tempfile.mkdtemp(prefix="subtitle-tasks-chaos-"))
+        h = Harness(server.url, sim, logs, SUBTITLE_TASKS_RATE_LIMIT="50000")
+        try:
+            return run_chaos(h, requests=requests, chaos_seconds=seconds if chaotic else 0, workers=workers,
+                             seed=seed, min_kills=0 if not chaotic else 1, timeout=max(600, requests))
+        finally:
+            h.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=180.0, help="how long to keep killing workers")
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    started = time.monotonic()
+    quiet = one_run(args.requests, 0, args.workers, args.seed, chaotic=False)
+    chaos = one_run(args.requests, args.seconds, args.workers, args.seed, chaotic=True)
+    print(f"\n## chaos: {args.requests} requests, {args.workers} workers, kills for {args.seconds:.0f}s\n")
+    print("| figure | value |\n|---|---|")
+    print(chaos.table())
+    print(f"| baseline (no kills, no faults): seconds to last callback | {quiet.seconds_to_finish:.1f} |")
+    print(f"| ratio chaos / baseline | {chaos.seconds_to_finish / max(quiet.seconds_to_finish, 1e-9):.2f} |")
+    problems = chaos.problems() + quiet.problems()
+    print(f"\nguarantees broken: {len(problems)}" + "".join(f"\n  {p}" for p in problems[:20]))
+    print(f"total wall time {time.monotonic() - started:.0f}s")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
