@@ -26,9 +26,9 @@ def ask(upload_id, tag=None, **kwargs):
                              **kwargs)
 
 
-def test_chaos_every_request_ends_once_with_one_generation(harness_factory, sim):
+def test_chaos_every_request_ends_once_with_one_generation(harness_factory, sim, broker):
     sim.configure(rate_limit=4000, faults=FAULTS, job_seconds=0.5, preparing_seconds=0.5)
-    h = harness_factory(**FAST_QUOTA)
+    h = harness_factory(**FAST_QUOTA, **broker)
     report = run_chaos(h, requests=150, chaos_seconds=20, workers=3, seed=11, timeout=120)
     print("\n" + report.table())
     assert report.problems() == []
@@ -71,9 +71,10 @@ def test_warm_shutdown_mid_run_loses_nothing(harness_factory, sim):
     assert h.calls_by_tag() == {(t, "ready"): 1 for t in tags}
 
 
-def test_redis_restart_mid_run(harness_factory, sim, tmp_path):
+def test_redis_restart_mid_run(harness_factory, sim, broker):
     with LocalRedis(appendonly=True) as server:
-        h = harness_factory(redis_url=server.url)
+        # With a Redis broker this one server is broker and state; with RabbitMQ, state only.
+        h = harness_factory(redis_url=server.url, **broker)
         h.worker(lean=False)  # with gossip, mingle and heartbeats, as in production
         # Slow answers keep the pool busy, so the worker holds prefetched, unacknowledged
         # messages when Redis goes away: the case that used to kill workers (broker_compat).
@@ -98,29 +99,40 @@ def _rabbitmq_reachable() -> bool:
         return False
 
 
+RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
+
+
 @pytest.fixture
-def rabbitmq_url():
+def rabbitmq_broker():
+    """Harness overrides for a RabbitMQ broker (Redis keeps the state); queues removed after."""
     if not _rabbitmq_reachable():
         if os.environ.get("CI"):
             pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (tests/run.sh starts it when installed)")
         pytest.skip("no RabbitMQ on 127.0.0.1:5672 and none installed")
-    vhost_queue = f"st-{uuid.uuid4().hex[:8]}"
-    yield "amqp://guest:guest@127.0.0.1:5672//", vhost_queue
+    queue = f"st-{uuid.uuid4().hex[:8]}"
+    yield {"CELERY_BROKER_URL": RABBITMQ, "SUBTITLE_TASKS_QUEUE": queue}
     from kombu import Connection
 
-    with Connection("amqp://guest:guest@127.0.0.1:5672//") as conn:
+    with Connection(RABBITMQ) as conn:
         channel = conn.default_channel
-        for name in (vhost_queue, "celery"):
+        for name in (queue, f"callbacks-{queue}"):
             try:
                 channel.queue_delete(name)
             except Exception:
                 pass
 
 
-def test_rabbitmq_broker_with_redis_state_survives_a_killed_worker(harness_factory, sim, rabbitmq_url):
-    broker, queue = rabbitmq_url
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request):
+    """Broker overrides for the harness: the state Redis itself, or RabbitMQ."""
+    if request.param == "redis":
+        return {}
+    return request.getfixturevalue("rabbitmq_broker")
+
+
+def test_rabbitmq_broker_with_redis_state_survives_a_killed_worker(harness_factory, sim, rabbitmq_broker):
     sim.configure(job_seconds=1.0)
-    h = harness_factory(CELERY_BROKER_URL=broker, SUBTITLE_TASKS_QUEUE=queue)
+    h = harness_factory(**rabbitmq_broker)
     first = h.worker()
     tags = [f"video-amqp-{i}" for i in range(15)]
     for tag in tags:

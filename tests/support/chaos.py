@@ -99,7 +99,7 @@ def run_chaos(h: Harness, *, requests: int, chaos_seconds: float, workers: int =
     # Callbacks are the application's tasks on the application's workers: route them to a
     # queue of their own whose worker the chaos leaves alone. What is under test is that
     # subtitle_tasks hands each callback to the broker exactly once.
-    callback_queue = f"callbacks-{h.prefix}"
+    callback_queue = f"callbacks-{h.env['SUBTITLE_TASKS_QUEUE'] or h.prefix}"
     h.worker(name="app", extra=["-Q", callback_queue])
     fleet = [h.worker(name=f"chaos{i}") for i in range(workers)]
     started = time.monotonic()
