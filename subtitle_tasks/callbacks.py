@@ -66,11 +66,17 @@ def error_payload(request: RequestRecord, generation: Generation | None) -> dict
     return payload
 
 
+_ROUTING_OPTIONS = ("queue", "routing_key", "exchange")
+
+
 class Notifier:
-    def __init__(self, store: Store, app: Celery, lock_ttl: float):
+    def __init__(self, store: Store, app: Celery, lock_ttl: float, default_queue: str | None = None):
         self.store = store
         self.app = app
         self.lock_ttl = lock_ttl
+        # For a callback that names no queue of its own. A dedicated fleet sets it (to
+        # "celery") so the app's tasks reach the app's workers, not ours.
+        self.default_queue = default_queue
 
     def notify(self, request_id: str) -> str:
         """Send a finishing request's callbacks once; returns what happened (for logs/tests)."""
@@ -99,4 +105,8 @@ class Notifier:
             return
         with self.app.producer_or_acquire() as producer:
             for raw in callbacks:
-                signature(raw, app=self.app).apply_async(args=(first_arg,), producer=producer)
+                sig = signature(raw, app=self.app)
+                routing = {}
+                if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
+                    routing = {"queue": self.default_queue}
+                sig.apply_async(args=(first_arg,), producer=producer, **routing)

@@ -81,7 +81,9 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
 
     schedule = dict(conf.beat_schedule or {})
     if not any(entry.get("task") == "subtitle_tasks.recover" for entry in schedule.values()):
-        schedule["subtitle_tasks.recover"] = {"task": "subtitle_tasks.recover", "schedule": RECOVER_EVERY}
+        # expires: while no worker runs, queued sweeps lapse instead of piling up.
+        schedule["subtitle_tasks.recover"] = {"task": "subtitle_tasks.recover", "schedule": RECOVER_EVERY,
+                                              "options": {"expires": RECOVER_EVERY}}
         conf.beat_schedule = schedule
         report.changes.append(f"scheduled subtitle_tasks.recover every {RECOVER_EVERY:g}s for celery beat")
 
@@ -112,6 +114,9 @@ def create_app(**overrides: Any) -> Celery:
     """The dedicated app behind ``celery -A subtitle_tasks worker``."""
     settings = load_settings(overrides)
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
+    # Our workers consume only our queue; the application's callbacks go where the
+    # application's workers listen (Celery's default queue unless configured).
+    callback_queue = settings.callback_queue or "celery"
     app = Celery("subtitle_tasks", broker=broker, set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue or "subtitle_tasks",
@@ -120,6 +125,6 @@ def create_app(**overrides: Any) -> Celery:
         broker_connection_retry_on_startup=True,
     )
     # With the broker in Redis, request state can live beside it by default.
-    effective = {**overrides, "broker_url": broker}
+    effective = {**overrides, "broker_url": broker, "callback_queue": callback_queue}
     init_app(app, **effective)
     return app

@@ -101,6 +101,14 @@ def celery_publisher(app: Celery, queue: str | None) -> Callable[[list[tuple[str
     return publish
 
 
+_running: list[threading.Thread] = []  # this process's dispatcher threads (health checks)
+
+
+def dispatcher_alive() -> bool:
+    """True while this worker process runs a live dispatcher thread."""
+    return any(thread.is_alive() for thread in _running)
+
+
 class DispatcherStep(bootsteps.StartStopStep):
     """Runs a Dispatcher thread in every worker's main process (``init_app`` adds it)."""
 
@@ -119,18 +127,22 @@ class DispatcherStep(bootsteps.StartStopStep):
         runtime = get_runtime()
         settings = runtime.settings
         dispatcher = Dispatcher.from_settings(runtime.store, celery_publisher(worker.app, settings.queue), settings)
-        notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease)
+        notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease,
+                            default_queue=settings.callback_queue)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
         self._stop.clear()
         self._thread = threading.Thread(
             target=dispatcher.run, args=(self._stop, settings.dispatch_interval, recovery.sweep, settings.lease),
             name="subtitle-tasks-dispatcher", daemon=True)
         self._thread.start()
+        _running.append(self._thread)
         log.info("dispatcher started (every %ss, lease %ss)", settings.dispatch_interval, settings.lease)
 
     def stop(self, worker) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+            if self._thread in _running:
+                _running.remove(self._thread)
 
     shutdown = stop

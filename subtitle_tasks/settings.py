@@ -30,7 +30,11 @@ def _django_settings() -> Any:
         return None
     try:
         if not django_settings.configured:
-            return None
+            if not os.environ.get("DJANGO_SETTINGS_MODULE"):
+                return None
+            # LazySettings loads on first attribute access; a project's celery.py usually
+            # calls init_app before anything has touched settings.
+            getattr(django_settings, "INSTALLED_APPS")
     except Exception:  # a half-configured Django must not break a plain Celery worker
         return None
     return django_settings
@@ -110,6 +114,7 @@ class Settings:
     rate_limit: int = 55
     rate_window: float = 3.0
     queue: str | None = None  # None: the app's default queue (ours is "subtitle_tasks")
+    callback_queue: str | None = None  # None: callbacks follow the app's routing
     key_prefix: str = "subtitle_tasks"
 
     @property
@@ -155,6 +160,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "rate_limit": ("SUBTITLE_TASKS_RATE_LIMIT", _positive_int),
     "rate_window": ("SUBTITLE_TASKS_RATE_WINDOW", _positive_float),
     "queue": ("SUBTITLE_TASKS_QUEUE", _optional_str),
+    "callback_queue": ("SUBTITLE_TASKS_CALLBACK_QUEUE", _optional_str),
     "key_prefix": ("SUBTITLE_TASKS_KEY_PREFIX", _optional_str),
 }
 

@@ -28,7 +28,8 @@ _COMMON = dict(bind=True, ignore_result=True, acks_late=False, serializer="json"
 
 def _notifier(app) -> Notifier:
     runtime = get_runtime()
-    return Notifier(runtime.store, app, lock_ttl=runtime.settings.lease)
+    return Notifier(runtime.store, app, lock_ttl=runtime.settings.lease,
+                    default_queue=runtime.settings.callback_queue)
 
 
 def _pipeline(app) -> Pipeline:

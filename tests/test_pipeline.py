@@ -183,18 +183,38 @@ def test_cancel_fires_cancelled_once(harness, sim):
 
 
 def test_request_through_init_app_on_a_foreign_app(harness_factory):
-    h = harness_factory(FOREIGN_QUEUE="foreign-q", SUBTITLE_TASKS_QUEUE="")
+    h = harness_factory(FOREIGN_QUEUE="foreign-q", SUBTITLE_TASKS_QUEUE="", SUBTITLE_TASKS_CALLBACK_QUEUE="")
     h.worker(app="tests.support.foreign_app")
     from celery import signature
 
     request_subtitles("video-foreign", "it-IT",
                       on_ready=signature("foreign.publish_video", args=(42,)))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not h.redis.llen(f"{h.prefix}:foreign:published"):
+    published = _published(h)
+    assert len(published) == 1 and published[0].startswith(b"42:"), published + [h.workers[0].log()[-2000:]]
+
+
+def _published(h, timeout=30):
+    key = f"{h.prefix}:foreign:published"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not h.redis.llen(key):
         time.sleep(0.1)
     time.sleep(1)
-    published = h.redis.lrange(f"{h.prefix}:foreign:published", 0, -1)
-    assert len(published) == 1 and published[0].startswith(b"42:"), published + [h.workers[0].log()[-2000:]]
+    return h.redis.lrange(key, 0, -1)
+
+
+def test_dedicated_fleet_sends_callbacks_to_the_apps_default_queue(harness_factory):
+    from celery import signature
+
+    from subtitle_tasks.local_redis import LocalRedis
+
+    with LocalRedis() as server:  # its own server: the "celery" queue is shared by name
+        h = harness_factory(redis_url=server.url, SUBTITLE_TASKS_CALLBACK_QUEUE="", FOREIGN_QUEUE="celery")
+        fleet = h.worker()                          # celery -A subtitle_tasks: consumes its own queue only
+        h.worker(app="tests.support.foreign_app")   # the application's worker, on "celery"
+        request_subtitles("video-fleet", "it-IT", on_ready=signature("foreign.publish_video", args=(7,)))
+        published = _published(h)
+        assert len(published) == 1 and published[0].startswith(b"7:"), published
+        assert "unregistered task" not in fleet.log()
 
 
 @pytest.mark.parametrize("kwargs, field", [

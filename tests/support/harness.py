@@ -99,6 +99,8 @@ class Harness:
             **FAST,
             **overrides,
         }
+        # Test callbacks run on the pipeline's own workers unless a test routes them elsewhere.
+        self.env.setdefault("SUBTITLE_TASKS_CALLBACK_QUEUE", self.env["SUBTITLE_TASKS_QUEUE"])
         self.redis = redis.Redis.from_url(self.env["SUBTITLE_TASKS_REDIS_URL"])
         self.workers: list[Worker] = []
         self.reached_at = 0.0  # when wait_for_calls last saw its count reached
