@@ -95,3 +95,19 @@ def test_init_app_refuses_a_rabbitmq_setup_without_redis_for_state(monkeypatch):
     monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
     with pytest.raises(ConfigurationError, match="SUBTITLE_TASKS_REDIS_URL"):
         subtitle_tasks.init_app(_app(), broker_url="amqp://guest@127.0.0.1//")
+
+
+def test_django_settings_are_read_even_before_anything_touched_them(tmp_path):
+    # A project's celery.py calls init_app before Django has loaded its lazy settings.
+    import subprocess
+    import sys
+
+    (tmp_path / "proj_settings.py").write_text(
+        "SECRET_KEY = 'x'\nSUBTITLE_TASKS_DEADLINE = 123\nSUBTITLE_TASKS_KEY_PREFIX = 'from-django'\n")
+    code = ("from subtitle_tasks import load_settings; s = load_settings(); "
+            "print(s.deadline, s.key_prefix)")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), "DJANGO_SETTINGS_MODULE": "proj_settings",
+           "SUBTITLE_TASKS_KEY_PREFIX": "from-env"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    # Django fills what the environment leaves open; the environment wins where both speak.
+    assert out.split() == ["123.0", "from-env"]

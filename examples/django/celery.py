@@ -13,7 +13,6 @@ Workers: ``DATOCMS_API_TOKEN=... celery -A mysite worker -Q celery,subtitles -O 
 import os
 
 from celery import Celery
-from django.conf import settings
 
 import subtitle_tasks
 
@@ -22,11 +21,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
 app = Celery("mysite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-
-# subtitle-tasks consults Django settings only once they are loaded, and Django loads
-# them lazily, on first access. Touch one now, or init_app below would not see the
-# SUBTITLE_TASKS_* / DATOCMS_* values of settings.py.
-settings.INSTALLED_APPS  # noqa: B018
 
 # In workers: registers subtitle_tasks.*, adds the dispatcher thread, routes to
 # SUBTITLE_TASKS_QUEUE. In web processes: request_subtitles()/cancel() use this app.
