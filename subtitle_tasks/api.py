@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,11 @@ from .runtime import get_runtime
 from .state import WAITING
 
 log = logging.getLogger("subtitle_tasks")
+
+
+def new_id() -> str:
+    """128 random bits in 22 URL-safe characters (ids are repeated in several keys)."""
+    return secrets.token_urlsafe(16)
 
 
 def _state_errors_as_unavailable(fn):
@@ -64,9 +69,9 @@ def request_subtitles(upload_id: str, language_code: str, *, name: str | None = 
     language_code = validation.language_code(language_code, check_supported=check_language)
     name = validation.track_name(name)
     ttl = validation.deadline(deadline, settings.deadline)
-    rid = validation.request_id(request_id) or uuid.uuid4().hex
+    rid = validation.request_id(request_id) or new_id()
     created = runtime.store.create_request(
-        request_id=rid, generation_id=uuid.uuid4().hex, upload_id=upload_id, language_code=language_code,
+        request_id=rid, generation_id=new_id(), upload_id=upload_id, language_code=language_code,
         name=name, environment=settings.environment, on_ready=normalize("on_ready", on_ready),
         on_error=normalize("on_error", on_error), ttl=ttl,
     )

@@ -11,6 +11,7 @@ when its lease runs out, so recovery after any crash takes ``lease`` seconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -130,9 +131,10 @@ class DispatcherStep(bootsteps.StartStopStep):
         notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease,
                             default_queue=settings.callback_queue)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
+        sweep = functools.partial(recovery.sweep, repair=False)  # the full scan is beat's job
         self._stop.clear()
         self._thread = threading.Thread(
-            target=dispatcher.run, args=(self._stop, settings.dispatch_interval, recovery.sweep, settings.lease),
+            target=dispatcher.run, args=(self._stop, settings.dispatch_interval, sweep, settings.lease),
             name="subtitle-tasks-dispatcher", daemon=True)
         self._thread.start()
         _running.append(self._thread)

@@ -3,8 +3,11 @@
 Run by celery beat (``subtitle_tasks.recover``, scheduled by init_app) and, so a
 fleet heals even without beat, by every worker's dispatcher thread once a lease.
 
-- re-adds in-flight generations missing from the schedule (a lost write, an edit);
-- sends the callbacks of requests whose notifier died between deciding and settling.
+- sends the callbacks of requests whose notifier died between deciding and settling
+  (cheap: one sorted-set range; every sweep);
+- re-adds in-flight generations missing from the schedule, after a lost write or a
+  manual edit (a scan of every generation in flight: beat's sweep only, as it costs
+  about 2 Redis lookups per waiting request).
 
 Overdue steps need no sweep: their lease expiring makes them due, and any
 dispatcher hands them out again.
@@ -27,8 +30,8 @@ class Recovery:
         self.stale = stale  # a notifier silent this long is presumed dead
         self.batch = batch
 
-    def sweep(self) -> dict[str, int]:
-        repaired = self.store.repair_orphans()
+    def sweep(self, *, repair: bool = True) -> dict[str, int]:
+        repaired = self.store.repair_orphans() if repair else 0
         renotified = 0
         for request_id in self.store.claim_finishing(stale=self.stale, limit=self.batch):
             if self.notify(request_id) in (READY, FAILED):

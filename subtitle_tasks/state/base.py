@@ -55,6 +55,8 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
     for attr, value in fields.items():
         if attr == "known_tracks":
             value = ",".join(value or ())  # any sequence of ids, never JSON
+        elif attr in ("attempts", "errors") and value == 0:
+            value = None  # stored as absent, read back as 0: bytes matter at 100,000 waiting
         out[GENERATION_FIELDS[attr]] = encode_value(value)
     return out
 
@@ -103,8 +105,8 @@ class Generation:
             name=raw.get("name") or None,
             environment=raw.get("env") or None,
             phase=raw["phase"],
-            attempts=int(raw.get("attempts", 0)),
-            errors=int(raw.get("errors", 0)),
+            attempts=int(raw.get("attempts") or 0),
+            errors=int(raw.get("errors") or 0),
             created=float(raw["created"]),
             deadline=float(raw["deadline"]),
             due=_float(raw.get("due")),

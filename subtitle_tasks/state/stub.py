@@ -240,7 +240,11 @@ class MemoryStore:
             if gen is None or gen.get("phase") == DONE:
                 return False  # finished meanwhile: a cancel or another finisher won
             due = now + max(0.0, delay)
-            gen.update(updates)
+            for name, value in updates.items():  # as advance.lua: empty removes the field
+                if value == "":
+                    gen.pop(name, None)
+                else:
+                    gen[name] = value
             gen["due"] = _stamp(due)
             self._due[generation_id] = due
             return True

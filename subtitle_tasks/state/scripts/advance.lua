@@ -10,8 +10,13 @@ if (not phase) or phase == 'done' then
 end
 local t = redis.call('TIME')
 local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay
-if #ARGV > 3 then
-  redis.call('HSET', gen_key, unpack(ARGV, 4))
+-- An empty value removes the field (readers default it), keeping hashes small.
+for i = 4, #ARGV - 1, 2 do
+  if ARGV[i + 1] == '' then
+    redis.call('HDEL', gen_key, ARGV[i])
+  else
+    redis.call('HSET', gen_key, ARGV[i], ARGV[i + 1])
+  end
 end
 redis.call('HSET', gen_key, 'due', string.format('%.6f', due))
 redis.call('ZADD', prefix .. ':due', due, gid)

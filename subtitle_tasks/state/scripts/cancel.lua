@@ -3,6 +3,12 @@
 -- (DatoCMS cannot cancel a job; we just stop watching it).
 -- ARGV: prefix, request_id, error_json, retention
 -- Returns the request's state before the call ('waiting' means it was cancelled).
+-- env|upload|lowercased language: the key create.lua filed this generation under.
+local function dedup_of(gen_key)
+  local f = redis.call('HMGET', gen_key, 'env', 'upload', 'lang')
+  return (f[1] or '') .. '|' .. f[2] .. '|' .. string.lower(f[3])
+end
+
 local prefix, rid, err, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local req_key = prefix .. ':req:' .. rid
 local state = redis.call('HGET', req_key, 'state')
@@ -26,8 +32,8 @@ local phase = redis.call('HGET', gen_key, 'phase')
 if not still_waiting and phase and phase ~= 'done' then
   redis.call('HSET', gen_key, 'phase', 'done', 'outcome', 'cancelled', 'finished', string.format('%.6f', now))
   redis.call('ZREM', prefix .. ':due', gid)
-  local dedup = redis.call('HGET', gen_key, 'dedup')
-  if dedup and redis.call('HGET', prefix .. ':active', dedup) == gid then
+  local dedup = dedup_of(gen_key)
+  if redis.call('HGET', prefix .. ':active', dedup) == gid then
     redis.call('HDEL', prefix .. ':active', dedup)
   end
   redis.call('PEXPIRE', gen_key, math.max(1, math.floor(retention * 1000)) + 3600000)

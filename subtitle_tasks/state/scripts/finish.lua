@@ -3,6 +3,12 @@
 -- which recovery uses if the notifier dies before it has sent the callbacks.
 -- ARGV: prefix, generation_id, outcome ('ready'|'error'), result_json, retention
 -- Returns the request ids to notify (empty when someone else finished it).
+-- env|upload|lowercased language: the key create.lua filed this generation under.
+local function dedup_of(gen_key)
+  local f = redis.call('HMGET', gen_key, 'env', 'upload', 'lang')
+  return (f[1] or '') .. '|' .. f[2] .. '|' .. string.lower(f[3])
+end
+
 local prefix, gid, outcome, result, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local gen_key = prefix .. ':gen:' .. gid
 local phase = redis.call('HGET', gen_key, 'phase')
@@ -15,8 +21,8 @@ redis.call('HSET', gen_key, 'phase', 'done', 'outcome', outcome, 'result', resul
   'finished', string.format('%.6f', now))
 redis.call('ZREM', prefix .. ':due', gid)
 local active_key = prefix .. ':active'
-local dedup = redis.call('HGET', gen_key, 'dedup')
-if dedup and redis.call('HGET', active_key, dedup) == gid then
+local dedup = dedup_of(gen_key)
+if redis.call('HGET', active_key, dedup) == gid then
   redis.call('HDEL', active_key, dedup)
 end
 local notify = {}
