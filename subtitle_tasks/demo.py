@@ -52,7 +52,10 @@ def run(upload_id: str, language_code: str, name: str | None, timeout: float) ->
         os.environ.update({k: v for k, v in env.items() if k.startswith(("CELERY_", "SUBTITLE_TASKS_", "DATOCMS_BASE", "DATOCMS_ENV"))})
 
         worker = subprocess.Popen(
+            # The demo's worker is the fleet (queue subtitle_tasks) and, for the demo's own
+            # callbacks, the application's worker too (queue celery).
             [sys.executable, "-m", "celery", "-A", "subtitle_tasks", "worker", "--include", "subtitle_tasks.demo",
+             "--queues", "subtitle_tasks,celery",
              "--concurrency", "2", "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
              "--hostname", f"demo-{os.getpid()}@%h"],
             env=env,
