@@ -27,8 +27,22 @@ from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestR
 log = logging.getLogger("subtitle_tasks.callbacks")
 
 
+# Signature keys whose default values are not stored: a stored request stays a compact
+# Redis hash only while each value is short (64 bytes by default).
+_SIGNATURE_DEFAULTS = {"args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+
+
+def compact(sig: dict) -> dict:
+    return {k: v for k, v in sig.items() if not (k in _SIGNATURE_DEFAULTS and v == _SIGNATURE_DEFAULTS[k])}
+
+
+def expand(stored: dict) -> dict:
+    return {**{k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in _SIGNATURE_DEFAULTS.items()},
+            **stored}
+
+
 def normalize(field: str, callbacks: Any) -> list[dict]:
-    """None, a signature or a list of them -> plain JSON-safe dicts (or InvalidSubtitleRequest)."""
+    """None, a signature or a list of them -> compact JSON-safe dicts (or InvalidSubtitleRequest)."""
     if callbacks is None:
         return []
     items: Iterable[Any] = callbacks if isinstance(callbacks, (list, tuple)) else [callbacks]
@@ -40,7 +54,7 @@ def normalize(field: str, callbacks: Any) -> list[dict]:
         try:
             # Round-trip now: a callback that cannot travel as JSON must fail in the web
             # request, not hours later in a worker.
-            out.append(json.loads(json.dumps(plain)))
+            out.append(compact(json.loads(json.dumps(plain))))
         except (TypeError, ValueError) as exc:
             raise InvalidSubtitleRequest(field, f"callback {plain.get('task')!r} is not JSON-serialisable: {exc}") from None
     return out
@@ -105,7 +119,7 @@ class Notifier:
             return
         with self.app.producer_or_acquire() as producer:
             for raw in callbacks:
-                sig = signature(raw, app=self.app)
+                sig = signature(expand(raw), app=self.app)
                 routing = {}
                 if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
                     routing = {"queue": self.default_queue}

@@ -92,10 +92,17 @@ class Dispatcher:
                 stop.wait(interval)
 
 
-def celery_publisher(app: Celery, queue: str | None) -> Callable[[list[tuple[str, str]]], None]:
-    """Publish claimed steps as plain tasks through one pooled producer per batch."""
+def celery_publisher(app: Celery, queue: str | None, lease: float) -> Callable[[list[tuple[str, str]]], None]:
+    """Publish claimed steps as plain tasks through one pooled producer per batch.
+
+    A step expires two leases after it was handed out: by then the schedule has handed
+    it out again, so a copy still queued behind a backlog is dropped on receipt instead
+    of run as a no-op. (Two, not one: expiry is judged on the workers' clocks, which
+    may be skewed; everything else here uses the Redis server's clock.)
+    """
     def publish(claimed: list[tuple[str, str]]) -> None:
         options = {"queue": queue} if queue else {}
+        options["expires"] = 2 * lease
         with app.producer_or_acquire() as producer:
             for generation_id, phase in claimed:
                 app.send_task(task_for_phase(phase), args=[generation_id], producer=producer, **options)
@@ -127,7 +134,8 @@ class DispatcherStep(bootsteps.StartStopStep):
 
         runtime = get_runtime()
         settings = runtime.settings
-        dispatcher = Dispatcher.from_settings(runtime.store, celery_publisher(worker.app, settings.queue), settings)
+        dispatcher = Dispatcher.from_settings(
+            runtime.store, celery_publisher(worker.app, settings.queue, settings.lease), settings)
         notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease,
                             default_queue=settings.callback_queue)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)

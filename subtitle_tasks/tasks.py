@@ -60,7 +60,8 @@ def recover(self) -> dict:
     """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
     runtime = get_runtime()
     settings = runtime.settings
-    dispatcher = Dispatcher.from_settings(runtime.store, celery_publisher(self.app, settings.queue), settings)
+    dispatcher = Dispatcher.from_settings(
+        runtime.store, celery_publisher(self.app, settings.queue, settings.lease), settings)
     dispatched = dispatcher.dispatch_once()
     summary = Recovery(runtime.store, _notifier(self.app).notify, stale=settings.lease).sweep()
     return {"dispatched": dispatched, **summary}

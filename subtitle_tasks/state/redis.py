@@ -37,10 +37,14 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local repaired = 0
 for i = 2, #ARGV do
   local gid = ARGV[i]
-  local phase = redis.call('HGET', prefix .. ':gen:' .. gid, 'phase')
-  if phase and phase ~= 'done' and not redis.call('ZSCORE', prefix .. ':due', gid) then
-    redis.call('ZADD', prefix .. ':due', now, gid)
-    repaired = repaired + 1
+  -- The schedule check first: almost every generation has its entry, so the hash is
+  -- read only for the rare one that does not.
+  if not redis.call('ZSCORE', prefix .. ':due', gid) then
+    local phase = redis.call('HGET', prefix .. ':gen:' .. gid, 'phase')
+    if phase and phase ~= 'done' then
+      redis.call('ZADD', prefix .. ':due', now, gid)
+      repaired = repaired + 1
+    end
   end
 end
 return repaired
