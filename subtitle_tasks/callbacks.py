@@ -9,7 +9,8 @@ The finishing mark is set atomically by the step that decided the outcome, so on
 one process ever starts notifying a request; the lock keeps a recovering sweeper off
 a notifier that is merely slow. A process killed after the broker took the callbacks
 but before ``settle`` leaves the one window where recovery sends them a second time
-(README, "What is guaranteed").
+(README, "What is guaranteed"). Such a repeat carries the same task id as the first
+send (``{request_id}-{ready|error}-{index}``).
 """
 
 from __future__ import annotations
@@ -103,10 +104,10 @@ class Notifier:
                 return "already-settled"
             generation = self.store.load_generation(request.generation_id)
             if request.error is None and request.outcome == OUTCOME_READY and generation and generation.result:
-                self._send(request.on_ready, generation.result)
+                self._send(request.id, "ready", request.on_ready, generation.result)
                 final = READY
             else:
-                self._send(request.on_error, error_payload(request, generation))
+                self._send(request.id, "error", request.on_error, error_payload(request, generation))
                 final = FAILED
             self.store.settle(request_id, final)
             log.info("request %s %s", request_id, final)
@@ -114,13 +115,16 @@ class Notifier:
         finally:
             self.store.unlock(f"notify:{request_id}", token)
 
-    def _send(self, callbacks: list[dict], first_arg: Any) -> None:
+    def _send(self, request_id: str, kind: str, callbacks: list[dict], first_arg: Any) -> None:
         if not callbacks:
             return
         with self.app.producer_or_acquire() as producer:
-            for raw in callbacks:
+            for index, raw in enumerate(callbacks):
                 sig = signature(expand(raw), app=self.app)
                 routing = {}
                 if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
                     routing = {"queue": self.default_queue}
-                sig.apply_async(args=(first_arg,), producer=producer, **routing)
+                # A stable task id per callback: a repeat from the crash window below carries
+                # the same id, so a consumer that must act once can key on self.request.id.
+                sig.apply_async(args=(first_arg,), producer=producer,
+                                task_id=f"{request_id}-{kind}-{index}", **routing)

@@ -29,6 +29,7 @@ def test_happy_path_fires_on_ready_once_with_the_track(harness, sim):
     handle = ask("video-happy")
     call = only_call(harness, "video-happy")
     assert call["kind"] == "ready"
+    assert call["task_id"] == f"{handle.id}-ready-0"  # stable: a consumer may dedupe on it
     track = call["payload"]
     assert track["type"] == "upload_track"
     assert track["attributes"]["status"] == "ready"

@@ -35,18 +35,25 @@ class ChaosReport:
         out = []
         for tag, kind in self.expected.items():
             got = {k: n for (t, k), n in self.calls.items() if t == tag}
-            if got != {kind: 1}:
-                ids = self.task_ids.get(tag, [])
-                how = "published twice" if len(set(ids)) > 1 else "delivered twice by the broker" if ids else ""
-                out.append(f"{tag}: expected one {kind} callback, got {got} {how}".rstrip())
+            ids = set(self.task_ids.get(tag, []))
+            # One decision, one callback id. A repeat of that same id is the documented
+            # crash window (README, "What is guaranteed"): counted in repeats(), and what a
+            # consumer keyed on the task id sees once.
+            if set(got) != {kind} or len(ids) != 1:
+                out.append(f"{tag}: expected one {kind} callback, got {got} with ids {sorted(ids)}")
         out += [f"{key}: {n} accepted POSTs" for key, n in self.posts.items() if n > 1]
         return out
+
+    def repeats(self) -> int:
+        """Callbacks delivered again under the same id (the notifier was killed mid-way)."""
+        return sum(n for n in self.calls.values()) - len({t for t, _ in self.calls})
 
     def table(self) -> str:
         fired = sum(self.calls.values())
         rows = [
             ("requests", self.requests), ("callbacks fired", fired),
-            ("requests with exactly one right callback", self.requests - len([p for p in self.problems() if "callback" in p])),
+            ("requests with one right callback id", self.requests - len([p for p in self.problems() if "callback" in p])),
+            ("repeated deliveries of the same callback id", self.repeats()),
             ("max accepted POSTs per (upload, language)", max(self.posts.values() or [0])),
             *((f"kills: {k}", n) for k, n in sorted(self.kills.items())),
             ("seconds from first request to last callback", f"{self.seconds_to_finish:.1f}"),
