@@ -11,10 +11,10 @@ from typing import Any
 import redis
 
 from . import validation
-from .callbacks import normalize
+from .callbacks import error_payload, normalize
 from .errors import ErrorCode, StateUnavailable, UnknownRequest
 from .runtime import get_runtime
-from .state import WAITING
+from .state import DONE, OUTCOME_ERROR, OUTCOME_READY, WAITING
 
 log = logging.getLogger("subtitle_tasks")
 
@@ -88,9 +88,8 @@ def status(request_id: str) -> dict:
     if request is None:
         raise UnknownRequest(f"no request {request_id!r} (unknown, or past its retention)")
     gen = store.load_generation(request.generation_id)
-    error = request.error
-    if error is None and request.outcome == "error" and gen is not None:
-        error = gen.result
+    # The very dict on_error received (or will receive), built by the same function.
+    error = error_payload(request, gen) if request.outcome == OUTCOME_ERROR else None
     return {
         "request_id": request.id,
         "state": request.state,
@@ -101,12 +100,12 @@ def status(request_id: str) -> dict:
         "job_id": gen.job_id if gen else None,
         "track_id": gen.track_id if gen else None,
         "attempts": gen.attempts if gen else None,
-        "next_poll_in": max(0.0, gen.due - gen.now) if gen and gen.due and gen.phase != "done" else None,
+        "next_poll_in": max(0.0, gen.due - gen.now) if gen and gen.due and gen.phase != DONE else None,
         "created_at": request.created,
         "deadline_at": request.deadline,
         "finished_at": request.finished,
         "error": error,
-        "track": gen.result if gen and request.outcome == "ready" else None,
+        "track": gen.result if gen and request.outcome == OUTCOME_READY else None,
     }
 
 

@@ -180,7 +180,8 @@ def test_cancel_fires_cancelled_once(harness, sim):
     assert subtitle_tasks.cancel(handle.id) is False
     err = only_call(harness, "video-cancel")["payload"]
     assert err["code"] == "cancelled"
-    assert subtitle_tasks.status(handle.id)["state"] == "failed"
+    st = subtitle_tasks.status(handle.id)
+    assert st["state"] == "failed" and st["error"] == err  # status shows what on_error got
 
 
 def test_request_through_init_app_on_a_foreign_app(harness_factory):
