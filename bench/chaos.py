@@ -1,6 +1,7 @@
 """The long chaos run: many requests, injected API faults, workers killed in a loop.
 
     python -m bench.chaos --requests 1000 --seconds 180 --workers 3
+    python -m bench.chaos --broker amqp://guest:guest@127.0.0.1:5672//   # RabbitMQ, Redis state
 
 Prints the per-request guarantees (exactly one callback of the right kind, at most one
 accepted POST per upload and language) and how long the fleet took, next to a quiet
@@ -23,19 +24,35 @@ from tests.support.chaos import FAULTS, run_chaos
 from tests.support.harness import TOKEN, Harness
 
 
-def one_run(requests: int, seconds: float, workers: int, seed: int, chaotic: bool):
+def one_run(requests: int, seconds: float, workers: int, seed: int, chaotic: bool, broker: str | None = None):
     with LocalRedis(appendonly=True) as server, \
             Simulator(SimulatorConfig(job_seconds=0.5, preparing_seconds=0.5, token=TOKEN, seed=seed,
                                       rate_limit=100_000)) as sim:
         if chaotic:
             sim.configure(faults=FAULTS)
         logs = Path(tempfile.mkdtemp(prefix="subtitle-tasks-chaos-"))
-        h = Harness(server.url, sim, logs, SUBTITLE_TASKS_RATE_LIMIT="50000")
+        # With a RabbitMQ broker the queues are named per run, so runs never share messages.
+        overrides = {"CELERY_BROKER_URL": broker} if broker else {}
+        h = Harness(server.url, sim, logs, SUBTITLE_TASKS_RATE_LIMIT="50000", **overrides)
         try:
             return run_chaos(h, requests=requests, chaos_seconds=seconds if chaotic else 0, workers=workers,
                              seed=seed, min_kills=0 if not chaotic else 1, timeout=max(600, requests))
         finally:
             h.close()
+            if broker:
+                _delete_queues(broker, h.env["SUBTITLE_TASKS_QUEUE"])
+
+
+def _delete_queues(broker: str, queue: str) -> None:
+    """Leave the user's RabbitMQ as it was: this run's queues go with it."""
+    from kombu import Connection
+
+    with Connection(broker) as conn:
+        for name in (queue, f"callbacks-{queue}"):
+            try:
+                conn.default_channel.queue_delete(name)
+            except Exception:
+                pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,12 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=180.0, help="how long to keep killing workers")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--broker", default=None,
+                        help="a broker URL (e.g. amqp://...); default: the run's own Redis, which also holds state")
     args = parser.parse_args(argv)
 
     started = time.monotonic()
-    quiet = one_run(args.requests, 0, args.workers, args.seed, chaotic=False)
-    chaos = one_run(args.requests, args.seconds, args.workers, args.seed, chaotic=True)
-    print(f"\n## chaos: {args.requests} requests, {args.workers} workers, kills for {args.seconds:.0f}s\n")
+    quiet = one_run(args.requests, 0, args.workers, args.seed, chaotic=False, broker=args.broker)
+    chaos = one_run(args.requests, args.seconds, args.workers, args.seed, chaotic=True, broker=args.broker)
+    broker = "RabbitMQ" if (args.broker or "").startswith(("amqp", "pyamqp")) else "Redis"
+    print(f"\n## chaos: {args.requests} requests, {args.workers} workers, kills for {args.seconds:.0f}s, "
+          f"{broker} broker\n")
     print("| figure | value |\n|---|---|")
     print(chaos.table())
     print(f"| baseline (no kills, no faults): seconds to last callback | {quiet.seconds_to_finish:.1f} |")

@@ -2,15 +2,14 @@
 
 Firing protocol (the only place callbacks are sent)::
 
-    lock P:lock:notify:{request}  ->  request still "finishing"?  ->  send signatures
-    ->  settle (finishing -> ready|failed)  ->  unlock
+    lock P:lock:notify:{request}  ->  request still "finishing"?  ->  hand over signatures
+    and settle (finishing -> ready|failed)  ->  unlock
 
 The finishing mark is set atomically by the step that decided the outcome, so only
 one process ever starts notifying a request; the lock keeps a recovering sweeper off
-a notifier that is merely slow. A process killed after the broker took the callbacks
-but before ``settle`` leaves the one window where recovery sends them a second time
-(README, "What is guaranteed"). Such a repeat carries the same task id as the first
-send (``{request_id}-{ready|error}-{index}``).
+a notifier that is merely slow. How the signatures reach the broker, and why that is
+exactly once on a Redis broker and at least once (same task id) on RabbitMQ, is
+``handoff.py``'s business.
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from celery import Celery
 from celery.canvas import Signature, signature
 
 from .errors import InvalidSubtitleRequest
+from .handoff import NotTransactional, handoff
 from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestRecord, Store
 
 log = logging.getLogger("subtitle_tasks.callbacks")
@@ -104,27 +104,41 @@ class Notifier:
                 return "already-settled"
             generation = self.store.load_generation(request.generation_id)
             if request.error is None and request.outcome == OUTCOME_READY and generation and generation.result:
-                self._send(request.id, "ready", request.on_ready, generation.result)
-                final = READY
+                final, kind, callbacks, first_arg = READY, "ready", request.on_ready, generation.result
             else:
-                self._send(request.id, "error", request.on_error, error_payload(request, generation))
-                final = FAILED
-            self.store.settle(request_id, final)
+                final, kind, callbacks = FAILED, "error", request.on_error
+                first_arg = error_payload(request, generation)
+            settled = self._send_and_settle(request.id, final, kind, callbacks, first_arg)
             log.info("request %s %s", request_id, final)
-            return final
+            return final if settled else "already-settled"
         finally:
             self.store.unlock(f"notify:{request_id}", token)
 
-    def _send(self, request_id: str, kind: str, callbacks: list[dict], first_arg: Any) -> None:
+    def _send_and_settle(self, request_id: str, final: str, kind: str, callbacks: list[dict],
+                         first_arg: Any) -> bool:
         if not callbacks:
-            return
+            return self.store.settle(request_id, final)
         with self.app.producer_or_acquire() as producer:
-            for index, raw in enumerate(callbacks):
-                sig = signature(expand(raw), app=self.app)
-                routing = {}
-                if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
-                    routing = {"queue": self.default_queue}
-                # A stable task id per callback: a repeat from the crash window below carries
-                # the same id, so a consumer that must act once can key on self.request.id.
-                sig.apply_async(args=(first_arg,), producer=producer,
-                                task_id=f"{request_id}-{kind}-{index}", **routing)
+            db = handoff.broker_db(producer, self.store)
+            if db is not None:
+                try:
+                    writes = handoff.capture(
+                        producer, db, lambda p: self._publish(p, request_id, kind, callbacks, first_arg, retry=False))
+                except NotTransactional as exc:
+                    log.warning("request %s: %s; publishing before settling instead", request_id, exc)
+                else:
+                    return self.store.settle(request_id, final, writes)
+            self._publish(producer, request_id, kind, callbacks, first_arg, retry=True)
+        return self.store.settle(request_id, final)
+
+    def _publish(self, producer: Any, request_id: str, kind: str, callbacks: list[dict], first_arg: Any,
+                 retry: bool) -> None:
+        for index, raw in enumerate(callbacks):
+            sig = signature(expand(raw), app=self.app)
+            routing = {}
+            if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
+                routing = {"queue": self.default_queue}
+            # A stable task id per callback: a repeat (publish-then-settle on RabbitMQ)
+            # carries the same id, so a consumer that must act once can key on it.
+            sig.apply_async(args=(first_arg,), producer=producer, retry=retry,
+                            task_id=f"{request_id}-{kind}-{index}", **routing)

@@ -2,7 +2,7 @@
 
 from .base import (  # noqa: F401
     DONE, FAILED, FINISHING, JOB, OUTCOME_ERROR, OUTCOME_READY, READY, SUBMIT, TRACK, WAITING,
-    Created, Generation, RequestRecord, Store,
+    BrokerWrites, Created, Generation, RequestRecord, Store,
 )
 from .redis import RedisStore  # noqa: F401
 from .stub import MemoryStore  # noqa: F401

@@ -157,6 +157,19 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class BrokerWrites:
+    """Redis writes that put callback messages on a Redis broker (``handoff.py``).
+
+    ``settle`` runs them in the transaction that settles the request, on database
+    ``db`` of the state's own server. Each command is ``(name, key, value)`` with name
+    ``lpush``, ``pexpire`` or ``publish``.
+    """
+
+    db: int
+    commands: tuple[tuple[str, str, str], ...]
+
+
+@dataclass(frozen=True)
 class Created:
     generation_id: str
     joined: bool   # attached to a generation already in flight
@@ -177,7 +190,7 @@ class Store(Protocol):
     def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]: ...
     def load_request(self, request_id: str) -> RequestRecord | None: ...
     def cancel(self, request_id: str, error: dict) -> str: ...
-    def settle(self, request_id: str, final_state: str) -> bool: ...
+    def settle(self, request_id: str, final_state: str, broker_writes: BrokerWrites | None = None) -> bool: ...
     def claim_finishing(self, stale: float, limit: int) -> list[str]: ...
     def repair_orphans(self, batch: int = 500) -> int: ...
     def lock(self, name: str, ttl: float) -> str | None: ...

@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 
-from .base import Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode
+from .base import BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode
 
 _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock")
 
@@ -64,6 +64,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self.retention = retention
+        self._db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
         folder = resources.files(__package__) / "scripts"
         self._scripts = {name: client.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS}
         self._repair = client.register_script(_REPAIR)
@@ -132,8 +133,14 @@ class RedisStore:
     def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:
         return [_text(r) for r in self._run("finish", generation_id, outcome, _encode(result), self.retention)]
 
-    def settle(self, request_id: str, final_state: str) -> bool:
-        return bool(int(self._run("settle", request_id, final_state, self.retention)))
+    def settle(self, request_id: str, final_state: str, broker_writes: BrokerWrites | None = None) -> bool:
+        """finishing -> final_state; ``broker_writes`` (callback messages) land in the same transaction."""
+        args: list[Any] = [request_id, final_state, self.retention]
+        if broker_writes is not None and broker_writes.commands:
+            args += [self._db, broker_writes.db]
+            for command in broker_writes.commands:
+                args += command
+        return bool(int(self._run("settle", *args)))
 
     def claim_finishing(self, stale: float, limit: int) -> list[str]:
         return [_text(r) for r in self._run("claim_finishing", stale, limit)]

@@ -19,7 +19,7 @@ import uuid
 from typing import Any, Callable
 
 from .base import (
-    DONE, FINISHING, SUBMIT, WAITING, Created, Generation, RequestRecord, encode_generation_fields,
+    DONE, FINISHING, SUBMIT, WAITING, BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields,
     encode_value as _encode,
 )
 
@@ -84,6 +84,7 @@ class MemoryStore:
         self._due: dict[str, float] = {}        # generation -> when its next step is due
         self._finishing: dict[str, float] = {}  # request -> when its callbacks started
         self._body_type: str | None = None
+        self.broker_writes: list[BrokerWrites] = []  # what settle would have queued on a broker
         self._next_sweep = float("-inf")
         self._pace_used, self._pace_window_ends = 0, float("-inf")  # claim_due's pacing window
 
@@ -266,7 +267,7 @@ class MemoryStore:
                     notify.append(rid)
             return notify
 
-    def settle(self, request_id: str, final_state: str) -> bool:
+    def settle(self, request_id: str, final_state: str, broker_writes: BrokerWrites | None = None) -> bool:
         with self._lock:
             now = self._now()
             self._finishing.pop(request_id, None)
@@ -274,6 +275,8 @@ class MemoryStore:
             if req is None or req.get("state") != FINISHING:
                 return False
             req.update(state=final_state, finished=_stamp(now))
+            if broker_writes is not None:
+                self.broker_writes.append(broker_writes)  # no broker here: kept for inspection
             self._keys.expire(f"req:{request_id}", max(0.001, self.retention), now)
             return True
 

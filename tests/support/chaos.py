@@ -37,8 +37,8 @@ class ChaosReport:
             got = {k: n for (t, k), n in self.calls.items() if t == tag}
             ids = set(self.task_ids.get(tag, []))
             # One decision, one callback id. A repeat of that same id is the documented
-            # crash window (README, "What is guaranteed"): counted in repeats(), and what a
-            # consumer keyed on the task id sees once.
+            # publish-then-settle window of non-Redis brokers (handoff.py): counted in
+            # repeats(), and what a consumer keyed on the task id sees once.
             if set(got) != {kind} or len(ids) != 1:
                 out.append(f"{tag}: expected one {kind} callback, got {got} with ids {sorted(ids)}")
         out += [f"{key}: {n} accepted POSTs" for key, n in self.posts.items() if n > 1]
