@@ -33,7 +33,8 @@ def task_for_phase(phase: str) -> str:
 
 class Dispatcher:
     def __init__(self, store: Store, publish: Callable[[list[tuple[str, str]]], None], *, lease: float, batch: int,
-                 pace: int = 0, window: float = 0.0):
+                 pace: int = 0, window: float = 0.0, backlog: Callable[[], int] | None = None,
+                 max_backlog: int = 0):
         self.store = store
         self.publish = publish
         self.lease = lease
@@ -42,15 +43,31 @@ class Dispatcher:
         # due steps waits in the schedule rather than as messages bouncing off the limiter.
         self.pace = pace
         self.window = window
+        # Backpressure: while the step queue holds `max_backlog` messages the fleet is
+        # behind, and a step queued longer than its lease would be handed out again (a
+        # no-op duplicate). Due steps then wait in the schedule, which costs nothing.
+        self.backlog = backlog
+        self.max_backlog = max_backlog
 
     @classmethod
-    def from_settings(cls, store: Store, publish, settings) -> "Dispatcher":
+    def from_settings(cls, store: Store, publish, settings,
+                      backlog: Callable[[], int] | None = None) -> "Dispatcher":
         return cls(store, publish, lease=settings.lease, batch=settings.dispatch_batch,
-                   pace=settings.rate_limit, window=settings.rate_window)
+                   pace=settings.rate_limit, window=settings.rate_window,
+                   backlog=backlog, max_backlog=settings.max_backlog)
+
+    def room(self) -> int:
+        """How many steps may be handed out now (the batch, less what the queue still holds)."""
+        if self.backlog is None or not self.max_backlog:
+            return self.batch
+        return max(0, min(self.batch, self.max_backlog - self.backlog()))
 
     def dispatch_once(self) -> int:
         """Claim what is due and publish it; returns how many steps were handed out."""
-        claimed = self.store.claim_due(self.lease, self.batch, self.pace, self.window)
+        room = self.room()
+        if room == 0:
+            return 0
+        claimed = self.store.claim_due(self.lease, room, self.pace, self.window)
         if not claimed:
             return 0
         try:
@@ -109,6 +126,19 @@ def celery_publisher(app: Celery, queue: str | None, lease: float) -> Callable[[
     return publish
 
 
+def celery_backlog(app: Celery, queue: str | None) -> Callable[[], int]:
+    """How many step messages wait in the step queue, on any broker kombu speaks.
+
+    The queue is declared the way the app's workers declare it (same arguments), which
+    also makes a first look at a queue nobody has created yet answer 0, not an error.
+    """
+    def depth() -> int:
+        entity = app.amqp.queues[queue or app.conf.task_default_queue]
+        with app.pool.acquire(block=True) as conn:
+            return int(entity.bind(conn.default_channel).queue_declare().message_count)
+    return depth
+
+
 _running: list[threading.Thread] = []  # this process's dispatcher threads (health checks)
 
 
@@ -135,7 +165,8 @@ class DispatcherStep(bootsteps.StartStopStep):
         runtime = get_runtime()
         settings = runtime.settings
         dispatcher = Dispatcher.from_settings(
-            runtime.store, celery_publisher(worker.app, settings.queue, settings.lease), settings)
+            runtime.store, celery_publisher(worker.app, settings.queue, settings.lease), settings,
+            backlog=celery_backlog(worker.app, settings.queue))
         notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease,
                             default_queue=settings.callback_queue)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)

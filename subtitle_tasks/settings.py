@@ -109,6 +109,7 @@ class Settings:
     lease: float = 30.0
     dispatch_interval: float = 1.0
     dispatch_batch: int = 500
+    max_backlog: int = 500
     retention: float = 7 * 24 * 60 * 60.0
     submit_grace: float = 300.0
     rate_limit: int = 55
@@ -155,6 +156,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "lease": ("SUBTITLE_TASKS_LEASE", _positive_float),
     "dispatch_interval": ("SUBTITLE_TASKS_DISPATCH_INTERVAL", _positive_float),
     "dispatch_batch": ("SUBTITLE_TASKS_DISPATCH_BATCH", _positive_int),
+    "max_backlog": ("SUBTITLE_TASKS_MAX_BACKLOG", _positive_int),
     "retention": ("SUBTITLE_TASKS_RETENTION", _positive_float),
     "submit_grace": ("SUBTITLE_TASKS_SUBMIT_GRACE", _positive_float),
     "rate_limit": ("SUBTITLE_TASKS_RATE_LIMIT", _positive_int),

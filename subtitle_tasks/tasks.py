@@ -16,7 +16,7 @@ import logging
 from celery import shared_task
 
 from .callbacks import Notifier
-from .dispatcher import Dispatcher, celery_publisher
+from .dispatcher import Dispatcher, celery_backlog, celery_publisher
 from .pipeline import Pipeline
 from .recovery import Recovery
 from .runtime import get_runtime
@@ -61,7 +61,8 @@ def recover(self) -> dict:
     runtime = get_runtime()
     settings = runtime.settings
     dispatcher = Dispatcher.from_settings(
-        runtime.store, celery_publisher(self.app, settings.queue, settings.lease), settings)
+        runtime.store, celery_publisher(self.app, settings.queue, settings.lease), settings,
+        backlog=celery_backlog(self.app, settings.queue))
     dispatched = dispatcher.dispatch_once()
     summary = Recovery(runtime.store, _notifier(self.app).notify, stale=settings.lease).sweep()
     return {"dispatched": dispatched, **summary}
