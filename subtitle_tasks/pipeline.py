@@ -62,7 +62,7 @@ class Pipeline:
                 return "finished"
             if gen.due is not None and gen.due > gen.now + 0.001:
                 return "not-due"  # a duplicate delivery of a step already done
-            outcome = self._run_step(gen)
+            outcome = self._run_step(gen, token)
             if gen.expired:
                 # The step at the deadline still looked once (a job done just in time
                 # counts); if that did not finish it, the request ends here.
@@ -73,17 +73,18 @@ class Pipeline:
         finally:
             self.store.unlock(f"gen:{generation_id}", token)
 
-    def _run_step(self, gen: Generation) -> str:
-        step = {SUBMIT: self._submit, JOB: self._poll_job, TRACK: self._watch_track}[gen.phase]
+    def _run_step(self, gen: Generation, token: str) -> str:
         try:
-            return step(gen)
+            if gen.phase == SUBMIT:
+                return self._submit(gen, token)
+            return {JOB: self._poll_job, TRACK: self._watch_track}[gen.phase](gen)
         except api.RetryableError as exc:
             return self._retry_later(gen, exc)
         except (api.PermanentError, api.JobFailed) as exc:
             return self._fail(gen, code_for_api_error(exc), str(exc), exc)
 
     # -- steps ------------------------------------------------------------------------
-    def _submit(self, gen: Generation) -> str:
+    def _submit(self, gen: Generation, token: str) -> str:
         if gen.posted_at is not None:
             # An earlier POST may have reached DatoCMS (worker killed, answer lost):
             # look for its track before creating a second one.
@@ -91,12 +92,18 @@ class Pipeline:
             if track is not None:
                 log.info("generation %s: adopted track %s from an earlier POST", gen.id, track.id)
                 return self._on_track(gen, track)
-            if gen.now - gen.posted_at < self.settings.submit_grace:
+            if gen.now - gen.posted_at < self._repost_after():
                 self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1)
                 return "reconciling"
             known = gen.known_tracks
         else:
             known = tuple(t.id for t in self.client.list_tracks(gen.upload_id))
+        # Fencing: the snapshot may have taken longer than the lock (slow answers, inline
+        # retries). If the lock lapsed, another worker may be running this very step; only
+        # a holder that renews it may POST.
+        if not self.store.extend_lock(f"gen:{gen.id}", token, self.settings.lease):
+            log.warning("generation %s: step outlived its lock; leaving the POST to its new holder", gen.id)
+            return "lock-lost"
         # Mark the POST before sending it: a crash from here on reconciles, never re-POSTs blindly.
         if not self.store.advance(gen.id, self.settings.lease, posted_at=gen.now, known_tracks=known):
             return "finished"  # cancelled meanwhile
@@ -113,6 +120,14 @@ class Pipeline:
         self._schedule(gen, self.settings.poll_initial, phase=JOB, job_id=job_id, body_type=body_type,
                        posted_at=None, attempts=0, errors=0)
         return "submitted"
+
+    def _repost_after(self) -> float:
+        """How long after a POST with an unknown outcome a second one may go out.
+
+        Never sooner than two leases: the first POST, with its inline retries, may still be
+        in flight on a worker whose lock has lapsed; by then it has answered or died.
+        """
+        return max(self.settings.submit_grace, 2 * self.settings.lease)
 
     def _post(self, gen: Generation) -> tuple[str, str]:
         body_type = self.store.preferred_body_type() or BODY_TYPES[0]

@@ -302,6 +302,36 @@ def test_reconcile_after_grace_posts_again(env):
     assert gen.known_tracks == ("old-it",)
 
 
+def test_a_step_that_outlived_its_lock_does_not_post(env):
+    gid = env.request()
+    taken = []
+
+    def slow_snapshot():
+        # The snapshot takes longer than the lock; another worker's dispatcher hands the
+        # step out again and that worker takes the lock.
+        env.clock.t += LEASE + 1
+        taken.append(env.store.lock(f"gen:{gid}", LEASE))
+
+    env.client.on_list = slow_snapshot
+    assert env.step(gid) == "lock-lost"
+    assert taken[0] and env.client.count("post") == 0
+    assert env.gen(gid).posted_at is None  # nothing marked: the new holder starts clean
+
+
+def test_a_second_post_waits_two_leases_even_with_a_short_grace():
+    env = Env()
+    env.settings = load_settings({"poll_initial": POLL_INITIAL, "poll_max": POLL_MAX, "lease": LEASE,
+                                  "http_timeout": 10, "submit_grace": 5}, environ={})
+    env.pipeline = Pipeline(env.settings, env.store, env.client, env.notified.append)
+    gid = ambiguous(env, read_timeout())
+    env.clock.t = START + 2 * LEASE - 1  # grace long gone; the first POST may still be in flight
+    assert env.step(gid) == "reconciling"
+    env.clock.t = START + 2 * LEASE + 1
+    env.client.posts.append("job-2")
+    assert env.step(gid) == "submitted"
+    assert env.client.count("post") == 2
+
+
 # -- a POST refused, so certainly not applied ------------------------------------------------
 
 @pytest.mark.parametrize("exc,at_least", [(rate_limited(7.0), 7.0), (connect_refused(), POLL_INITIAL * 0.5)],

@@ -575,6 +575,19 @@ def test_lock_expires_after_its_ttl(subject, store):
     store.unlock("notify:r1", new_token)
 
 
+def test_only_the_holder_extends_a_lock(subject, store):
+    token = store.lock("gen:g1", 0.2)
+    assert store.extend_lock("gen:g1", token, 0.6) is True
+    subject.wait(0.3)
+    assert store.lock("gen:g1", 30) is None  # still held: the extension counted
+    assert store.extend_lock("gen:g1", "someone-else", 30) is False
+    subject.wait(0.5)
+    assert store.extend_lock("gen:g1", token, 30) is False  # lapsed: too late to extend
+    new_token = store.lock("gen:g1", 30)
+    assert new_token and store.extend_lock("gen:g1", token, 30) is False  # nor once retaken
+    assert store.extend_lock("gen:never-locked", token, 30) is False
+
+
 def test_concurrent_lockers_only_one_wins(store):
     start = threading.Barrier(8)
     tokens: list[str | None] = []

@@ -26,7 +26,8 @@ import redis
 
 from .base import BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode
 
-_SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock")
+_SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock",
+            "extend_lock")
 
 _REPAIR = """
 -- Re-add to the due set every generation in flight that has no due entry (a lost
@@ -155,6 +156,11 @@ class RedisStore:
 
     def unlock(self, name: str, token: str) -> None:
         self._scripts["unlock"](keys=[f"{self.prefix}:lock:{name}"], args=[token])
+
+    def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        """Hold ``P:lock:{name}`` for ``ttl`` more seconds, if ``token`` still holds it."""
+        return bool(int(self._scripts["extend_lock"](keys=[f"{self.prefix}:lock:{name}"],
+                                                     args=[token, max(1, int(ttl * 1000))])))
 
     def preferred_body_type(self) -> str | None:
         value = self.client.get(f"{self.prefix}:body_type")

@@ -307,6 +307,15 @@ class MemoryStore:
             if self._keys.get(key, self._now()) == token:
                 self._keys.delete(key)
 
+    def extend_lock(self, name: str, token: str, ttl: float) -> bool:
+        with self._lock:
+            now = self._now()
+            key = f"lock:{name}"
+            if self._keys.get(key, now) != token:
+                return False
+            self._keys.set(key, token, max(1, int(ttl * 1000)) / 1000.0, now=now)
+            return True
+
     def preferred_body_type(self) -> str | None:
         with self._lock:
             return self._body_type or None
