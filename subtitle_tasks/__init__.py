@@ -14,6 +14,7 @@ from typing import Any
 from .api import RequestHandle, cancel, request_subtitles, status
 from .celery_app import InitReport, init_app
 from .errors import ErrorCode, InvalidSubtitleRequest, StateUnavailable, UnknownRequest
+from .once import OnceTask
 from .settings import ConfigurationError, Settings, load_settings
 
 __version__ = "0.1.0"
@@ -21,7 +22,7 @@ __version__ = "0.1.0"
 __all__ = [
     "request_subtitles", "status", "cancel", "RequestHandle", "init_app", "InitReport",
     "ErrorCode", "InvalidSubtitleRequest", "StateUnavailable", "UnknownRequest", "ConfigurationError", "Settings",
-    "load_settings", "__version__",
+    "load_settings", "OnceTask", "__version__",
 ]
 
 _app = None

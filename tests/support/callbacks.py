@@ -12,6 +12,8 @@ import os
 import redis
 from celery import shared_task
 
+import subtitle_tasks
+
 
 def _calls_key() -> str:
     return f"{os.environ.get('SUBTITLE_TASKS_KEY_PREFIX', 'subtitle_tasks')}:test:calls"
@@ -23,9 +25,19 @@ def record(self, payload, kind, tag):
 
     The message's task id tells a second publish (new id) from a broker redelivery (same id).
     """
+    _record(self.request.id, payload, kind, tag)
+
+
+@shared_task(name="tests.record_once", ignore_result=True, bind=True, base=subtitle_tasks.OnceTask)
+def record_once(self, payload, kind, tag):
+    """record, guarded by OnceTask: repeats of one task id are skipped."""
+    _record(self.request.id, payload, kind, tag)
+
+
+def _record(task_id, payload, kind, tag):
     client = redis.Redis.from_url(os.environ["SUBTITLE_TASKS_REDIS_URL"])
     client.rpush(_calls_key(), json.dumps({"kind": kind, "tag": tag, "payload": payload, "pid": os.getpid(),
-                                           "task_id": self.request.id}))
+                                           "task_id": task_id}))
     client.close()
 
 
