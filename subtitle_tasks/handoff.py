@@ -11,7 +11,11 @@ Two ways, chosen once per process and broker:
 * **Publish, then settle** (RabbitMQ, or a broker on another Redis server). Two systems
   cannot share one transaction, so a process killed after the broker took the
   callbacks but before ``settle`` gets them sent again by recovery. Such a repeat
-  carries the same task id, so a consumer keyed on ``self.request.id`` acts once.
+  carries the same task id, so a consumer keyed on ``self.request.id`` (or built on
+  ``OnceTask``) acts once.
+
+On the transactional path Celery's ``after_task_publish`` signal fires when the message
+is built, a moment before the transaction queues it.
 """
 
 from __future__ import annotations
