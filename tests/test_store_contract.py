@@ -20,6 +20,7 @@ from subtitle_tasks.local_redis import LocalRedis, RedisNotAvailable
 from subtitle_tasks.state import (
     DONE, FAILED, FINISHING, JOB, OUTCOME_ERROR, OUTCOME_READY, READY, SUBMIT, WAITING, Created, RedisStore,
 )
+from subtitle_tasks.state.base import LISTPACK_VALUE_MAX, join_field, split_field
 from subtitle_tasks.state.stub import MemoryStore
 
 TOL = 0.5  # seconds: room for the real clock to move between Redis calls
@@ -119,6 +120,29 @@ def claimed_ids(store, lease: float = 60.0, limit: int = 100) -> list[str]:
 
 
 # -- create_request ---------------------------------------------------------------------
+
+def test_long_and_non_ascii_callbacks_round_trip_in_a_compact_hash(subject, store):
+    on_ready = [{"task": "myproject.media.tasks.publish_subtitles_for_the_editors", "args": ["sous-titres é€😀" * 9]},
+                {"task": "myproject.media.tasks.index", "args": [123456789]}]
+    on_error = [{"task": "e", "args": []}]  # short: stored whole
+    rid = uuid.uuid4().hex
+    store.create_request(request_id=rid, generation_id=uuid.uuid4().hex, upload_id="u1", language_code="it",
+                         name=None, environment=None, on_ready=on_ready, on_error=on_error, ttl=600)
+    record = store.load_request(rid)
+    assert (record.on_ready, record.on_error) == (on_ready, on_error)
+    if subject.kind == "redis":
+        # one long value would turn the whole hash into a hashtable, ~3x the memory
+        assert store.client.object("encoding", f"{store.prefix}:req:{rid}") in (b"listpack", b"ziplist")
+
+
+@pytest.mark.parametrize("value", ["", "short", "x" * 64, "x" * 65, "é" * 40, "a" + "😀" * 20, "€" * 100])
+def test_split_field_parts_fit_and_join_back(value):
+    parts = split_field("on_ready", value)
+    assert all(len(part.encode()) <= LISTPACK_VALUE_MAX for part in parts.values())
+    assert join_field(parts, "on_ready") == value
+    assert (list(parts) == ["on_ready"]) == (len(value.encode()) <= LISTPACK_VALUE_MAX)
+    assert join_field({}, "on_ready") is None
+
 
 def test_new_request_starts_a_generation_due_now(store):
     created = new(store, "r1", gid="g1", upload="u1", lang="it-IT", ttl=600, env="staging", name="Italiano")

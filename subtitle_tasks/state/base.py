@@ -61,6 +61,38 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+# Redis keeps a small hash as one compact listpack only while every value is at most
+# this many bytes (hash-max-listpack-value); one longer value turns the whole hash into
+# a hashtable, about three times the memory. A caller's callbacks easily pass it.
+LISTPACK_VALUE_MAX = 64
+
+
+def split_field(name: str, value: str, limit: int = LISTPACK_VALUE_MAX) -> dict[str, str]:
+    """A long value as fields ``name.0``, ``name.1``... of at most ``limit`` UTF-8 bytes each."""
+    if len(value.encode()) <= limit:
+        return {name: value}
+    parts, current, size = [], [], 0
+    for char in value:  # whole characters only: each part must decode on its own
+        width = len(char.encode())
+        if size + width > limit:
+            parts.append("".join(current))
+            current, size = [], 0
+        current.append(char)
+        size += width
+    parts.append("".join(current))
+    return {f"{name}.{i}": part for i, part in enumerate(parts)}
+
+
+def join_field(raw: dict[str, str], name: str) -> str | None:
+    """What :func:`split_field` split (or a value stored whole), or None."""
+    if name in raw:
+        return raw[name]
+    parts = []
+    while f"{name}.{len(parts)}" in raw:
+        parts.append(raw[f"{name}.{len(parts)}"])
+    return "".join(parts) if parts else None
+
+
 def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
@@ -150,8 +182,8 @@ class RequestRecord:
             created=float(raw["created"]),
             deadline=float(raw["deadline"]),
             finished=_float(raw.get("finished")),
-            on_ready=json.loads(raw.get("on_ready") or "[]"),
-            on_error=json.loads(raw.get("on_error") or "[]"),
+            on_ready=json.loads(join_field(raw, "on_ready") or "[]"),
+            on_error=json.loads(join_field(raw, "on_error") or "[]"),
             error=json.loads(error) if error else None,
         )
 

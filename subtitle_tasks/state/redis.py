@@ -24,7 +24,9 @@ from typing import Any
 
 import redis
 
-from .base import BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode
+from .base import (
+    BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode, split_field,
+)
 
 _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock",
             "extend_lock")
@@ -77,9 +79,14 @@ class RedisStore:
     def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
                        on_ready, on_error, ttl) -> Created:
         dedup = "|".join([environment or "", upload_id, language_code.lower()])
+        callback_fields: list[str] = []
+        for field, callbacks in (("on_ready", on_ready), ("on_error", on_error)):
+            if callbacks:
+                for pair in split_field(field, _encode(callbacks)).items():
+                    callback_fields += pair
         gid, joined, existed = self._run(
             "create", request_id, generation_id, upload_id, language_code, name or "", environment or "", dedup,
-            _encode(on_ready), _encode(on_error), repr(float(ttl)),
+            repr(float(ttl)), *callback_fields,
         )
         return Created(_text(gid), bool(int(joined)), bool(int(existed)))
 

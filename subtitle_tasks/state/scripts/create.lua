@@ -2,12 +2,14 @@
 -- (environment, upload, language), or start a new generation due now.
 -- KEYS: none (all keys derive from the prefix; not for Redis Cluster)
 -- ARGV: prefix, request_id, new_generation_id, upload_id, language_code, name,
---       environment, dedup_field, on_ready, on_error, ttl_seconds
+--       environment, dedup_field, ttl_seconds, (callback field, value)...
+-- Callback fields are on_ready/on_error, split by the caller into parts that keep the
+-- request hash a compact listpack (state/base.py, split_field).
 -- dedup_field is env|upload|lowercased language (finish.lua and cancel.lua rebuild it).
 -- Returns {generation_id, joined(0|1), existed(0|1)}
 local prefix, rid, new_gid = ARGV[1], ARGV[2], ARGV[3]
 local upload, lang, name, env, dedup = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local on_ready, on_error, ttl = ARGV[9], ARGV[10], tonumber(ARGV[11])
+local ttl = tonumber(ARGV[9])
 
 local req_key = prefix .. ':req:' .. rid
 local existing_gen = redis.call('HGET', req_key, 'gen')
@@ -48,7 +50,8 @@ else
 end
 local req_fields = {'gen', gid, 'upload', upload, 'lang', lang, 'state', 'waiting',
   'created', string.format('%.6f', now), 'deadline', string.format('%.6f', deadline)}
-if on_ready ~= '[]' then req_fields[#req_fields + 1] = 'on_ready'; req_fields[#req_fields + 1] = on_ready end
-if on_error ~= '[]' then req_fields[#req_fields + 1] = 'on_error'; req_fields[#req_fields + 1] = on_error end
+for i = 10, #ARGV do
+  req_fields[#req_fields + 1] = ARGV[i]
+end
 redis.call('HSET', req_key, unpack(req_fields))
 return {gid, joined, 0}
