@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -86,6 +87,10 @@ def test_celery_backlog_counts_step_messages_on_a_real_broker(redis_server, kind
         depth = celery_backlog(app, queue)
         assert depth() == 0  # a queue nobody declared yet
         celery_publisher(app, queue, lease=30)([(f"g{i}", "job") for i in range(7)])
+        # RabbitMQ routes publishes asynchronously: the count catches up within moments.
+        deadline = time.monotonic() + 10
+        while depth() < 7 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert depth() == 7
         with app.connection_for_write() as conn:
             conn.default_channel.queue_purge(queue)

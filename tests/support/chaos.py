@@ -99,7 +99,8 @@ def kill_something(workers: list[Worker], rng: random.Random, report: ChaosRepor
 
 def run_chaos(h: Harness, *, requests: int, chaos_seconds: float, workers: int = 3, seed: int = 1,
               kill_every: tuple[float, float] = (0.5, 2.0), min_kills: int = 8,
-              timeout: float = 300.0) -> ChaosReport:
+              timeout: float = 300.0, callback=record) -> ChaosReport:
+    """``callback``: the task that records calls (``record``, or ``record_once`` on OnceTask)."""
     rng = random.Random(seed)
     plan = plan_requests(requests, rng)
     report = ChaosReport(requests=len(plan), expected={tag: kind for tag, _, kind in plan})
@@ -112,8 +113,9 @@ def run_chaos(h: Harness, *, requests: int, chaos_seconds: float, workers: int =
     started = time.monotonic()
     handles = {}
     for tag, upload, _ in plan:
-        handles[tag] = request_subtitles(upload, "it-IT", on_ready=record.s("ready", tag).set(queue=callback_queue),
-                                         on_error=record.s("error", tag).set(queue=callback_queue))
+        handles[tag] = request_subtitles(upload, "it-IT",
+                                         on_ready=callback.s("ready", tag).set(queue=callback_queue),
+                                         on_error=callback.s("error", tag).set(queue=callback_queue))
     stop_chaos = started + chaos_seconds
     while time.monotonic() < stop_chaos or sum(report.kills.values()) < min_kills:
         time.sleep(rng.uniform(*kill_every))
