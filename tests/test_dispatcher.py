@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -11,6 +10,7 @@ from celery import Celery
 
 from subtitle_tasks.dispatcher import Dispatcher, celery_backlog, celery_publisher
 from subtitle_tasks.state import MemoryStore
+from tests.support.rabbitmq import require_rabbitmq
 
 
 def _store_with_due(n: int) -> MemoryStore:
@@ -66,21 +66,9 @@ def test_a_failing_backlog_reader_fails_the_dispatch_without_claiming():
     assert len(store.claim_due(30, 10)) == 3  # nothing was leased by the failed look
 
 
-def _rabbitmq_url() -> str:
-    import socket
-
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        if sock.connect_ex(("127.0.0.1", 5672)) != 0:
-            if os.environ.get("CI"):
-                pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (tests/run.sh starts it when installed)")
-            pytest.skip("no RabbitMQ on 127.0.0.1:5672")
-    return "amqp://guest:guest@127.0.0.1:5672//"
-
-
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
 def test_celery_backlog_counts_step_messages_on_a_real_broker(redis_server, kind):
-    url = redis_server.url if kind == "redis" else _rabbitmq_url()
+    url = redis_server.url if kind == "redis" else require_rabbitmq()
     queue = f"steps-{uuid.uuid4().hex[:8]}"
     app = Celery("backlog-test", broker=url, set_as_current=False)
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import threading
 import time
 import uuid
@@ -16,6 +14,7 @@ from subtitle_tasks.local_redis import LocalRedis
 from subtitle_tasks.recovery import Recovery
 from tests.support.callbacks import record, record_once
 from tests.support.chaos import FAULTS, run_chaos
+from tests.support.rabbitmq import RABBITMQ, require_rabbitmq
 
 FAST_QUOTA = {"SUBTITLE_TASKS_RATE_LIMIT": "2000"}
 
@@ -95,24 +94,10 @@ def test_redis_restart_mid_run(harness_factory, sim, broker):
         assert max(sim.accepted_posts().values()) == 1
 
 
-def _rabbitmq_reachable() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
-
-RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
-
-
 @pytest.fixture
 def rabbitmq_broker():
     """Harness overrides for a RabbitMQ broker (Redis keeps the state); queues removed after."""
-    if not _rabbitmq_reachable():
-        if os.environ.get("CI"):
-            pytest.fail("RabbitMQ is not reachable on 127.0.0.1:5672 (tests/run.sh starts it when installed)")
-        pytest.skip("no RabbitMQ on 127.0.0.1:5672 and none installed")
+    require_rabbitmq()
     queue = f"st-{uuid.uuid4().hex[:8]}"
     yield {"CELERY_BROKER_URL": RABBITMQ, "SUBTITLE_TASKS_QUEUE": queue}
     from kombu import Connection
