@@ -27,6 +27,7 @@ from typing import Any, Callable
 from kombu import Producer
 
 from .state import BrokerWrites
+from .state.redis import database_index
 
 log = logging.getLogger("subtitle_tasks.handoff")
 
@@ -82,10 +83,6 @@ def _server_id(client: Any) -> str:
     return str(client.info("server")["run_id"])
 
 
-def _db(client: Any) -> int:
-    return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
-
-
 class Handoff:
     """Decides, per broker connection and state client, whether sends can be transactional."""
 
@@ -109,7 +106,7 @@ class Handoff:
         except Exception as exc:  # an outage: decide next time, publish-then-settle now
             log.warning("could not compare the broker's Redis with the state's (%s)", type(exc).__name__)
             return None
-        decision = _db(broker_client) if same_server else None
+        decision = database_index(broker_client) if same_server else None
         with self._lock:
             self._decisions[key] = decision
         log.info("callbacks are handed to the broker %s",

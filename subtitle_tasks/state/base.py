@@ -61,6 +61,11 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def lock_millis(ttl: float) -> int:
+    """A lock's time to live as Redis keeps it: whole milliseconds, at least one."""
+    return max(1, int(ttl * 1000))
+
+
 # Redis keeps a small hash as one compact listpack only while every value is at most
 # this many bytes (hash-max-listpack-value); one longer value turns the whole hash into
 # a hashtable, about three times the memory. A caller's callbacks easily pass it.

@@ -25,7 +25,8 @@ from typing import Any
 import redis
 
 from .base import (
-    BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode, split_field,
+    BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode, lock_millis,
+    split_field,
 )
 
 _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock",
@@ -54,6 +55,11 @@ return repaired
 """
 
 
+def database_index(client: redis.Redis) -> int:
+    """Which database of its server a client talks to."""
+    return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -67,7 +73,7 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
         self.retention = retention
-        self._db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        self._db = database_index(client)
         folder = resources.files(__package__) / "scripts"
         self._scripts = {name: client.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS}
         self._repair = client.register_script(_REPAIR)
@@ -157,7 +163,7 @@ class RedisStore:
     def lock(self, name: str, ttl: float) -> str | None:
         """Take ``P:lock:{name}`` for ``ttl`` seconds; the token proves ownership."""
         token = uuid.uuid4().hex
-        if self.client.set(f"{self.prefix}:lock:{name}", token, nx=True, px=max(1, int(ttl * 1000))):
+        if self.client.set(f"{self.prefix}:lock:{name}", token, nx=True, px=lock_millis(ttl)):
             return token
         return None
 
@@ -167,7 +173,7 @@ class RedisStore:
     def extend_lock(self, name: str, token: str, ttl: float) -> bool:
         """Hold ``P:lock:{name}`` for ``ttl`` more seconds, if ``token`` still holds it."""
         return bool(int(self._scripts["extend_lock"](keys=[f"{self.prefix}:lock:{name}"],
-                                                     args=[token, max(1, int(ttl * 1000))])))
+                                                     args=[token, lock_millis(ttl)])))
 
     def preferred_body_type(self) -> str | None:
         value = self.client.get(f"{self.prefix}:body_type")

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .base import (
     DONE, FINISHING, SUBMIT, WAITING, BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields,
-    encode_value as _encode,
+    encode_value as _encode, lock_millis,
 )
 
 def _stamp(t: float) -> str:
@@ -297,7 +297,7 @@ class MemoryStore:
             if self._keys.get(key, now) is not None:
                 return None
             token = uuid.uuid4().hex
-            self._keys.set(key, token, max(1, int(ttl * 1000)) / 1000.0, now=now)
+            self._keys.set(key, token, lock_millis(ttl) / 1000.0, now=now)
             return token
 
     def unlock(self, name: str, token: str) -> None:
@@ -313,7 +313,7 @@ class MemoryStore:
             key = f"lock:{name}"
             if self._keys.get(key, now) != token:
                 return False
-            self._keys.set(key, token, max(1, int(ttl * 1000)) / 1000.0, now=now)
+            self._keys.set(key, token, lock_millis(ttl) / 1000.0, now=now)
             return True
 
     def preferred_body_type(self) -> str | None:
