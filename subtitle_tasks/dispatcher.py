@@ -56,6 +56,12 @@ class Dispatcher:
                    pace=settings.rate_limit, window=settings.rate_window,
                    backlog=backlog, max_backlog=settings.max_backlog)
 
+    @classmethod
+    def for_celery(cls, app: Celery, store: Store, settings) -> "Dispatcher":
+        """Publishing step tasks through ``app``, held back by its step queue's depth."""
+        return cls.from_settings(store, celery_publisher(app, settings.queue, settings.lease), settings,
+                                 backlog=celery_backlog(app, settings.queue))
+
     def room(self) -> int:
         """How many steps may be handed out now (the batch, less what the queue still holds)."""
         if self.backlog is None or not self.max_backlog:
@@ -164,9 +170,7 @@ class DispatcherStep(bootsteps.StartStopStep):
 
         runtime = get_runtime()
         settings = runtime.settings
-        dispatcher = Dispatcher.from_settings(
-            runtime.store, celery_publisher(worker.app, settings.queue, settings.lease), settings,
-            backlog=celery_backlog(worker.app, settings.queue))
+        dispatcher = Dispatcher.for_celery(worker.app, runtime.store, settings)
         notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease,
                             default_queue=settings.callback_queue)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)

@@ -16,7 +16,7 @@ import logging
 from celery import shared_task
 
 from .callbacks import Notifier
-from .dispatcher import Dispatcher, celery_backlog, celery_publisher
+from .dispatcher import Dispatcher
 from .pipeline import Pipeline
 from .recovery import Recovery
 from .runtime import get_runtime
@@ -60,9 +60,7 @@ def recover(self) -> dict:
     """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
     runtime = get_runtime()
     settings = runtime.settings
-    dispatcher = Dispatcher.from_settings(
-        runtime.store, celery_publisher(self.app, settings.queue, settings.lease), settings,
-        backlog=celery_backlog(self.app, settings.queue))
+    dispatcher = Dispatcher.for_celery(self.app, runtime.store, settings)
     dispatched = dispatcher.dispatch_once()
     summary = Recovery(runtime.store, _notifier(self.app).notify, stale=settings.lease).sweep()
     return {"dispatched": dispatched, **summary}
