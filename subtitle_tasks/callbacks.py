@@ -83,6 +83,14 @@ def error_payload(request: RequestRecord, generation: Generation | None) -> dict
 
 _ROUTING_OPTIONS = ("queue", "routing_key", "exchange")
 
+# Message header on every callback we send: "request_id|kind|index".
+CALLBACK_HEADER = "subtitle_tasks_callback"
+
+
+def callback_task_id(request_id: str, kind: str, index: int) -> str:
+    """The stable task id of a request's ``index``-th ``kind`` ("ready"/"error") callback."""
+    return f"{request_id}-{kind}-{index}"
+
 
 class Notifier:
     def __init__(self, store: Store, app: Celery, lock_ttl: float, default_queue: str | None = None):
@@ -102,17 +110,35 @@ class Notifier:
             request = self.store.load_request(request_id)
             if request is None or request.state != FINISHING:
                 return "already-settled"
-            generation = self.store.load_generation(request.generation_id)
-            if request.error is None and request.outcome == OUTCOME_READY and generation and generation.result:
-                final, kind, callbacks, first_arg = READY, "ready", request.on_ready, generation.result
-            else:
-                final, kind, callbacks = FAILED, "error", request.on_error
-                first_arg = error_payload(request, generation)
+            final, kind, callbacks, first_arg = self._decision(request)
             settled = self._send_and_settle(request.id, final, kind, callbacks, first_arg)
             log.info("request %s %s", request_id, final)
             return final if settled else "already-settled"
         finally:
             self.store.unlock(f"notify:{request_id}", token)
+
+    def _decision(self, request: RequestRecord) -> tuple[str, str, list[dict], Any]:
+        """(final state, callback kind, its signatures, their first argument) for a decided request."""
+        generation = self.store.load_generation(request.generation_id)
+        if request.error is None and request.outcome == OUTCOME_READY and generation and generation.result:
+            return READY, "ready", request.on_ready, generation.result
+        return FAILED, "error", request.on_error, error_payload(request, generation)
+
+    def resend(self, request_id: str, kind: str, index: int) -> bool:
+        """Publish one callback of a settled request again, under its same task id.
+
+        For a callback whose message was lost with the worker that held it. Returns
+        False when the request, or that callback, no longer exists.
+        """
+        request = self.store.load_request(request_id)
+        if request is None or request.state not in (READY, FAILED):
+            return False
+        _, decided_kind, callbacks, first_arg = self._decision(request)
+        if kind != decided_kind or not 0 <= index < len(callbacks):
+            return False
+        with self.app.producer_or_acquire() as producer:
+            self._publish_one(producer, request_id, kind, index, callbacks[index], first_arg, retry=True)
+        return True
 
     def _send_and_settle(self, request_id: str, final: str, kind: str, callbacks: list[dict],
                          first_arg: Any) -> bool:
@@ -134,11 +160,17 @@ class Notifier:
     def _publish(self, producer: Any, request_id: str, kind: str, callbacks: list[dict], first_arg: Any,
                  retry: bool) -> None:
         for index, raw in enumerate(callbacks):
-            sig = signature(expand(raw), app=self.app)
-            routing = {}
-            if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
-                routing = {"queue": self.default_queue}
-            # A stable task id per callback: a repeat (publish-then-settle on RabbitMQ)
-            # carries the same id, so a consumer that must act once can key on it.
-            sig.apply_async(args=(first_arg,), producer=producer, retry=retry,
-                            task_id=f"{request_id}-{kind}-{index}", **routing)
+            self._publish_one(producer, request_id, kind, index, raw, first_arg, retry)
+
+    def _publish_one(self, producer: Any, request_id: str, kind: str, index: int, raw: dict, first_arg: Any,
+                     retry: bool) -> None:
+        sig = signature(expand(raw), app=self.app)
+        routing = {}
+        if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
+            routing = {"queue": self.default_queue}
+        # A stable task id per callback: a repeat (publish-then-settle on RabbitMQ)
+        # carries the same id, so a consumer that must act once can key on it. The
+        # header marks the message as ours for the receiving worker (callback_watch).
+        sig.apply_async(args=(first_arg,), producer=producer, retry=retry,
+                        task_id=callback_task_id(request_id, kind, index),
+                        headers={CALLBACK_HEADER: f"{request_id}|{kind}|{index}"}, **routing)
