@@ -13,7 +13,10 @@ from typing import Any
 
 from .api import RequestHandle, cancel, request_subtitles, status
 from .celery_app import InitReport, init_app
-from .errors import ErrorCode, InvalidSubtitleRequest, StateUnavailable, UnknownRequest
+from .errors import (
+    ErrorCode, IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, StateUnavailable,
+    UnknownRequest,
+)
 from .once import OnceTask
 from .settings import ConfigurationError, Settings, load_settings
 
@@ -21,7 +24,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "request_subtitles", "status", "cancel", "RequestHandle", "init_app", "InitReport",
-    "ErrorCode", "InvalidSubtitleRequest", "StateUnavailable", "UnknownRequest", "ConfigurationError", "Settings",
+    "ErrorCode", "InvalidSubtitleRequest", "IdempotencyConflict", "JoinLimitReached", "StateUnavailable",
+    "StateError", "UnknownRequest", "ConfigurationError", "Settings",
     "load_settings", "OnceTask", "__version__",
 ]
 

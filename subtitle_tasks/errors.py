@@ -28,6 +28,9 @@ class ErrorCode(str, enum.Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"  # not finished before the request's deadline
     CANCELLED = "cancelled"                  # subtitle_tasks.cancel() ended it
     PROTOCOL_ERROR = "protocol_error"        # a permanent failure none of the codes above describes
+    # The sandbox environment refuses track changes (IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT):
+    # nothing about the request is wrong, only the environment it targets.
+    SANDBOX_IMMUTABLE = "sandbox_immutable"
 
     def __str__(self) -> str:
         return self.value
@@ -45,11 +48,37 @@ class InvalidSubtitleRequest(ValueError):
         self.message = message
 
 
+class IdempotencyConflict(InvalidSubtitleRequest):
+    """``request_id`` names an existing request made with different parameters.
+
+    Nothing was written. The same id with the same parameters returns the first
+    request; a new ask needs a new id. ``field`` is ``"request_id"``.
+    """
+
+
+class JoinLimitReached(InvalidSubtitleRequest):
+    """The generation in flight for this upload and language already has the most
+    subscribers allowed (``SUBTITLE_TASKS_MAX_JOINS``); nothing was written.
+
+    Ask again once it has finished, or fan out from one callback of your own.
+    ``field`` is ``"upload_id"``.
+    """
+
+
 class StateUnavailable(RuntimeError):
     """The Redis holding request state could not be reached; nothing was written.
 
     Safe to retry (with ``request_id=`` the retry cannot create a second request);
-    a web app would answer 503.
+    a web app would answer 503. It means only that: a refusal by a reachable Redis
+    is :class:`StateError`.
+    """
+
+
+class StateError(RuntimeError):
+    """The state's Redis answered but refused the call (a corrupted key, a script error).
+
+    Every script checks before it writes, so nothing was written; retrying will fail
+    the same way until an operator looks (the message says what Redis said).
     """
 
 
@@ -65,6 +94,9 @@ def code_for_api_error(exc: api.DatoCMSError) -> ErrorCode:
         return ErrorCode.FORBIDDEN
     if isinstance(exc, api.NotFound):
         return ErrorCode.UPLOAD_NOT_FOUND
+    if isinstance(exc, api.SandboxImmutable) or exc.code == api.SandboxImmutable.API_CODE:
+        # The same refusal whether the POST or its job reported it.
+        return ErrorCode.SANDBOX_IMMUTABLE
     if isinstance(exc, api.JobFailed):
         return ErrorCode.JOB_FAILED
     if isinstance(exc, api.InvalidRequest):
