@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
+from . import callback_watch
 from .state import READY, FAILED, Store
 
 log = logging.getLogger("subtitle_tasks.recovery")
@@ -47,6 +48,7 @@ class Recovery:
             if self.notify(request_id) in (READY, FAILED):
                 renotified += 1
         summary = {"repaired": repaired, "renotified": renotified}
+        summary.update(callback_watch.sweep(self.store))  # callbacks held by dead workers: counted when any
         if repaired or renotified:
             log.warning("recovery put work back on track: %s", summary)
         return summary

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Sequence
 
 # Generation phases
 SUBMIT, JOB, TRACK, DONE = "submit", "job", "track", "done"
@@ -59,6 +59,12 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
             value = None  # stored as absent, read back as 0: bytes matter at 100,000 waiting
         out[GENERATION_FIELDS[attr]] = encode_value(value)
     return out
+
+
+def dedup_field(site: str | None, environment: str | None, upload_id: str, language_code: str) -> str:
+    """Where the active index files a track's generation: one per (site, environment, upload, language)."""
+    key = "|".join([environment or "", upload_id, language_code.lower()])
+    return f"{site}#{key}" if site else key
 
 
 def lock_millis(ttl: float) -> int:
@@ -110,6 +116,7 @@ class Generation:
     language_code: str
     name: str | None
     environment: str | None
+    site: str  # the site's alias; "" for the default site
     phase: str
     attempts: int
     errors: int  # consecutive retryable failures in this phase
@@ -141,6 +148,7 @@ class Generation:
             language_code=raw["lang"],
             name=raw.get("name") or None,
             environment=raw.get("env") or None,
+            site=raw.get("site") or "",
             phase=raw["phase"],
             attempts=int(raw.get("attempts") or 0),
             errors=int(raw.get("errors") or 0),
@@ -173,6 +181,9 @@ class RequestRecord:
     on_ready: list[dict]
     on_error: list[dict]
     error: dict | None  # set for a request-level end (cancel); otherwise the generation's result rules
+    notify_failures: int = 0  # failed attempts to hand its callbacks to the broker
+    sent: int = 0  # callbacks already published (publish-then-settle path), skipped by a retry
+    undelivered: tuple[dict, ...] = ()  # callbacks given up on: {"index", "reason"}
 
     @classmethod
     def from_hash(cls, request_id: str, raw: dict[str, str]) -> "RequestRecord":
@@ -190,6 +201,9 @@ class RequestRecord:
             on_ready=json.loads(join_field(raw, "on_ready") or "[]"),
             on_error=json.loads(join_field(raw, "on_error") or "[]"),
             error=json.loads(error) if error else None,
+            notify_failures=int(raw.get("nfail") or 0),
+            sent=int(raw.get("sent") or 0),
+            undelivered=tuple(json.loads(raw["undelivered"])) if raw.get("undelivered") else (),
         )
 
 
@@ -204,6 +218,16 @@ class BrokerWrites:
 
     db: int
     commands: tuple[tuple[str, str, str], ...]
+    index: int = 0  # which of the request's callbacks these writes queue
+
+
+def writes_groups(broker_writes: "BrokerWrites | Sequence[BrokerWrites] | None") -> list[BrokerWrites]:
+    """settle()'s broker writes as a list with one entry per callback."""
+    if broker_writes is None:
+        return []
+    if isinstance(broker_writes, BrokerWrites):
+        return [broker_writes]
+    return list(broker_writes)
 
 
 @dataclass(frozen=True)
@@ -211,6 +235,8 @@ class Created:
     generation_id: str
     joined: bool   # attached to a generation already in flight
     existed: bool  # this request id was already known (idempotent retry)
+    conflict: bool = False  # ... but with other parameters: nothing was written
+    full: bool = False  # the generation in flight has max_joins subscribers: nothing was written
 
 
 class Store(Protocol):
@@ -218,7 +244,7 @@ class Store(Protocol):
 
     def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
                        name: str | None, environment: str | None, on_ready: list[dict], on_error: list[dict],
-                       ttl: float) -> Created: ...
+                       ttl: float, fingerprint: str = "", max_joins: int = 0, site: str = "") -> Created: ...
 
     def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]: ...
     def release(self, generation_id: str) -> None: ...
@@ -227,12 +253,24 @@ class Store(Protocol):
     def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]: ...
     def load_request(self, request_id: str) -> RequestRecord | None: ...
     def cancel(self, request_id: str, error: dict) -> str: ...
-    def settle(self, request_id: str, final_state: str, broker_writes: BrokerWrites | None = None) -> bool: ...
+    def settle(self, request_id: str, final_state: str,
+               broker_writes: BrokerWrites | Sequence[BrokerWrites] | None = None,
+               undelivered: Sequence[dict] = (), give_up: bool = False) -> bool: ...
+    def notify_failed(self, request_id: str) -> int: ...
+    def mark_sent(self, request_id: str, count: int) -> bool: ...
     def claim_finishing(self, stale: float, limit: int) -> list[str]: ...
     def repair_orphans(self, batch: int = 500) -> int: ...
     def lock(self, name: str, ttl: float) -> str | None: ...
     def unlock(self, name: str, token: str) -> None: ...
     def extend_lock(self, name: str, token: str, ttl: float) -> bool: ...
-    def preferred_body_type(self) -> str | None: ...
-    def remember_body_type(self, body_type: str) -> None: ...
+    def preferred_body_type(self, site: str = "") -> str | None: ...
+    def remember_body_type(self, body_type: str, site: str = "") -> None: ...
     def counts(self) -> dict[str, int]: ...
+
+    # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
+    def watch_beat(self, worker: str, broker: str, fence: float) -> bool: ...
+    def watch_dead(self, stale: float, limit: int = 100) -> list[tuple[str, str, float | None]]: ...
+    def watch_hold(self, worker: str, task_id: str, value: str) -> None: ...
+    def watch_holds(self, worker: str) -> dict[str, str]: ...
+    def watch_release(self, worker: str, task_id: str, tag: str) -> bool: ...
+    def watch_forget(self, worker: str, stale: float | None = None) -> bool: ...

@@ -8,7 +8,7 @@ Keys (``P`` is ``SUBTITLE_TASKS_KEY_PREFIX``)::
     P:due                zset   generation -> when its next step is due (server clock)
     P:finishing          zset   request -> when its callbacks started being sent
     P:lock:{name}        string who is working on a generation (or notifying a request)
-    P:body_type          string the request body type the API accepted last
+    P:body_type[:{site}] string the request body type the API accepted last (per site)
     P:dispatched         string steps handed out in the current pacing window
 
 Every multi-key change is one Lua script, so a worker killed at any instant leaves
@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import uuid
 from importlib import resources
-from typing import Any
+from typing import Any, Sequence
 
 import redis
 
 from .base import (
     BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode, lock_millis,
-    split_field,
+    dedup_field, split_field, writes_groups,
 )
 
 _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock",
@@ -55,6 +55,16 @@ return repaired
 """
 
 
+_REQUEST_COUNTER = """
+-- Bookkeeping on a request that is still finishing (never on a settled or vanished one,
+-- which a bare HSET would recreate as a partial hash). ARGV: key, field, 'incr' | value
+if redis.call('HGET', ARGV[1], 'state') ~= 'finishing' then return 0 end
+if ARGV[3] == 'incr' then return redis.call('HINCRBY', ARGV[1], ARGV[2], 1) end
+redis.call('HSET', ARGV[1], ARGV[2], ARGV[3])
+return 1
+"""
+
+
 def database_index(client: redis.Redis) -> int:
     """Which database of its server a client talks to."""
     return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
@@ -77,24 +87,29 @@ class RedisStore:
         folder = resources.files(__package__) / "scripts"
         self._scripts = {name: client.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS}
         self._repair = client.register_script(_REPAIR)
+        self._request_counter = client.register_script(_REQUEST_COUNTER)
 
     def _run(self, name: str, *args: Any) -> Any:
         return self._scripts[name](args=[self.prefix, *args])
 
     # -- the edge ---------------------------------------------------------------------
     def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
-                       on_ready, on_error, ttl) -> Created:
-        dedup = "|".join([environment or "", upload_id, language_code.lower()])
+                       on_ready, on_error, ttl, fingerprint="", max_joins=0, site="") -> Created:
+        """One atomic create (create.lua); ``max_joins`` 0 means no cap on subscribers."""
+        dedup = dedup_field(site, environment, upload_id, language_code)
         callback_fields: list[str] = []
         for field, callbacks in (("on_ready", on_ready), ("on_error", on_error)):
             if callbacks:
                 for pair in split_field(field, _encode(callbacks)).items():
                     callback_fields += pair
-        gid, joined, existed = self._run(
+        gid, joined, status = self._run(
             "create", request_id, generation_id, upload_id, language_code, name or "", environment or "", dedup,
-            repr(float(ttl)), *callback_fields,
+            repr(float(ttl)), fingerprint, max_joins or 2**31, site or "", *callback_fields,
         )
-        return Created(_text(gid), bool(int(joined)), bool(int(existed)))
+        status = _text(status)
+        if status == "full":
+            return Created(_text(gid), False, False, full=True)
+        return Created(_text(gid), bool(int(joined)), status in ("existed", "conflict"), conflict=status == "conflict")
 
     def load_request(self, request_id: str) -> RequestRecord | None:
         raw = self.client.hgetall(f"{self.prefix}:req:{request_id}")
@@ -147,14 +162,32 @@ class RedisStore:
     def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:
         return [_text(r) for r in self._run("finish", generation_id, outcome, _encode(result), self.retention)]
 
-    def settle(self, request_id: str, final_state: str, broker_writes: BrokerWrites | None = None) -> bool:
-        """finishing -> final_state; ``broker_writes`` (callback messages) land in the same transaction."""
-        args: list[Any] = [request_id, final_state, self.retention]
-        if broker_writes is not None and broker_writes.commands:
-            args += [self._db, broker_writes.db]
-            for command in broker_writes.commands:
-                args += command
+    def settle(self, request_id: str, final_state: str,
+               broker_writes: BrokerWrites | Sequence[BrokerWrites] | None = None,
+               undelivered: Sequence[dict] = (), give_up: bool = False) -> bool:
+        """finishing -> final_state; ``broker_writes`` (callback messages) land in the same transaction.
+
+        With ``give_up`` a callback whose writes fail the script's checks is left out and
+        recorded as undelivered instead of failing the call.
+        """
+        args: list[Any] = [request_id, final_state, self.retention,
+                           _encode(list(undelivered)) if undelivered else "", int(give_up)]
+        groups = [g for g in writes_groups(broker_writes) if g.commands]
+        if groups:
+            args += [self._db, groups[0].db]
+            for group in groups:
+                args += [group.index, len(group.commands)]
+                for command in group.commands:
+                    args += command
         return bool(int(self._run("settle", *args)))
+
+    def notify_failed(self, request_id: str) -> int:
+        """Count a failed hand-over of a finishing request's callbacks; returns the count."""
+        return int(self._request_counter(args=[f"{self.prefix}:req:{request_id}", "nfail", "incr"]))
+
+    def mark_sent(self, request_id: str, count: int) -> bool:
+        """Record that a finishing request's first ``count`` callbacks were published."""
+        return bool(int(self._request_counter(args=[f"{self.prefix}:req:{request_id}", "sent", count])))
 
     def claim_finishing(self, stale: float, limit: int) -> list[str]:
         return [_text(r) for r in self._run("claim_finishing", stale, limit)]
@@ -175,12 +208,15 @@ class RedisStore:
         return bool(int(self._scripts["extend_lock"](keys=[f"{self.prefix}:lock:{name}"],
                                                      args=[token, lock_millis(ttl)])))
 
-    def preferred_body_type(self) -> str | None:
-        value = self.client.get(f"{self.prefix}:body_type")
+    def _body_type_key(self, site: str) -> str:
+        return f"{self.prefix}:body_type:{site}" if site else f"{self.prefix}:body_type"
+
+    def preferred_body_type(self, site: str = "") -> str | None:
+        value = self.client.get(self._body_type_key(site))
         return _text(value) if value else None
 
-    def remember_body_type(self, body_type: str) -> None:
-        self.client.set(f"{self.prefix}:body_type", body_type)
+    def remember_body_type(self, body_type: str, site: str = "") -> None:
+        self.client.set(self._body_type_key(site), body_type)
 
     def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
@@ -189,3 +225,44 @@ class RedisStore:
         pipe.zcard(f"{self.prefix}:finishing")
         due, active, finishing = pipe.execute()
         return {"scheduled": due, "in_flight": active, "finishing": finishing}
+
+    # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
+    # Keys: P:cbworkers zset (worker -> last heartbeat), P:cbworker:{w} hash (broker,
+    # fence), P:cbhold:{w} hash (task id -> "tag|once|received_at|header"). Scripts
+    # state/scripts/watch_*.lua, registered on first use.
+    _WATCH_SCRIPTS = ("watch_beat", "watch_dead", "watch_hold", "watch_release", "watch_forget")
+
+    def _watch(self, name: str, *args: Any) -> Any:
+        scripts = self.__dict__.get("_watch_scripts")
+        if scripts is None:
+            folder = resources.files(__package__) / "scripts"
+            scripts = {n: self.client.register_script((folder / f"{n}.lua").read_text())
+                       for n in self._WATCH_SCRIPTS}
+            self._watch_scripts = scripts
+        return scripts[name](args=[self.prefix, *args])
+
+    def watch_beat(self, worker: str, broker: str, fence: float) -> bool:
+        """Worker ``worker`` is alive, consumes from ``broker``; holds before ``fence`` are restore-only.
+
+        True if it was registered already (False: first beat, or it had been presumed dead)."""
+        return bool(int(self._watch("watch_beat", worker, broker, repr(float(fence)), lock_millis(self.retention))))
+
+    def watch_dead(self, stale: float, limit: int = 100) -> list[tuple[str, str, float | None]]:
+        """Workers silent for ``stale`` seconds: (worker, broker or '', fence or None)."""
+        flat = [_text(v) for v in self._watch("watch_dead", stale, limit)]
+        return [(flat[i], flat[i + 1], float(flat[i + 2]) if flat[i + 2] else None) for i in range(0, len(flat), 3)]
+
+    def watch_hold(self, worker: str, task_id: str, value: str) -> None:
+        self._watch("watch_hold", worker, task_id, value, lock_millis(self.retention))
+
+    def watch_holds(self, worker: str) -> dict[str, str]:
+        raw = self.client.hgetall(f"{self.prefix}:cbhold:{worker}")
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def watch_release(self, worker: str, task_id: str, tag: str) -> bool:
+        """Drop ``worker``'s hold on ``task_id`` if it is delivery ``tag``; True for the one caller that did."""
+        return bool(int(self._watch("watch_release", worker, task_id, tag)))
+
+    def watch_forget(self, worker: str, stale: float | None = None) -> bool:
+        """Remove a worker's registration and holds (with ``stale``: only if still silent and holding nothing)."""
+        return bool(int(self._watch("watch_forget", worker, "" if stale is None else repr(float(stale)))))

@@ -16,11 +16,11 @@ import heapq
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .base import (
     DONE, FINISHING, SUBMIT, WAITING, BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields,
-    encode_value as _encode, lock_millis,
+    dedup_field, encode_value as _encode, lock_millis, writes_groups,
 )
 
 def _stamp(t: float) -> str:
@@ -83,7 +83,7 @@ class MemoryStore:
         self._active: dict[str, str] = {}       # dedup field -> generation in flight
         self._due: dict[str, float] = {}        # generation -> when its next step is due
         self._finishing: dict[str, float] = {}  # request -> when its callbacks started
-        self._body_type: str | None = None
+        self._body_types: dict[str, str] = {}  # site -> body type
         self.broker_writes: list[BrokerWrites] = []  # what settle would have queued on a broker
         self._next_sweep = float("-inf")
         self._pace_used, self._pace_window_ends = 0, float("-inf")  # claim_due's pacing window
@@ -127,19 +127,23 @@ class MemoryStore:
 
     # -- the edge ---------------------------------------------------------------------
     def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
-                       on_ready, on_error, ttl) -> Created:
+                       on_ready, on_error, ttl, fingerprint="", max_joins=0, site="") -> Created:
         # ``ttl``: seconds from now until the request's deadline.
-        dedup = "|".join([environment or "", upload_id, language_code.lower()])
+        dedup = dedup_field(site, environment, upload_id, language_code)
         on_ready_raw, on_error_raw = _encode(on_ready), _encode(on_error)
         with self._lock:
             now = self._now()
             existing = self._req(request_id, now)
             if existing is not None and "gen" in existing:
-                return Created(existing["gen"], False, True)  # a retry of the same request
+                # A retry of the same request; with other parameters, a conflict.
+                conflict = bool(existing.get("fp")) and existing["fp"] != fingerprint
+                return Created(existing["gen"], False, True, conflict=conflict)
             ends = now + float(ttl)
             gid = self._active.get(dedup)
             gen = self._gen(gid, now) if gid else None
             joined = gen is not None and gen.get("phase") not in (None, DONE)
+            if joined and max_joins and len(_ids(gen["subs"])) >= max_joins:
+                return Created(gid, False, False, full=True)
             if joined:
                 gen["subs"] = gen["subs"] + "," + request_id
                 if ends > float(gen["deadline"]):
@@ -148,6 +152,7 @@ class MemoryStore:
                 gid = generation_id
                 self._keys.set(f"gen:{gid}", {
                     "upload": upload_id, "lang": language_code, "name": name or "", "env": environment or "",
+                    "site": site or "",
                     "dedup": dedup, "phase": SUBMIT, "attempts": "0", "errors": "0",
                     "created": _stamp(now), "deadline": _stamp(ends), "due": _stamp(now), "subs": request_id,
                 }, now=now)
@@ -156,6 +161,7 @@ class MemoryStore:
             self._keys.set(f"req:{request_id}", {
                 "gen": gid, "upload": upload_id, "lang": language_code, "state": WAITING,
                 "created": _stamp(now), "deadline": _stamp(ends), "on_ready": on_ready_raw, "on_error": on_error_raw,
+                "fp": fingerprint,
             }, now=now)
             return Created(gid, joined, False)
 
@@ -267,7 +273,9 @@ class MemoryStore:
                     notify.append(rid)
             return notify
 
-    def settle(self, request_id: str, final_state: str, broker_writes: BrokerWrites | None = None) -> bool:
+    def settle(self, request_id: str, final_state: str,
+               broker_writes: BrokerWrites | Sequence[BrokerWrites] | None = None,
+               undelivered: Sequence[dict] = (), give_up: bool = False) -> bool:
         with self._lock:
             now = self._now()
             self._finishing.pop(request_id, None)
@@ -275,9 +283,27 @@ class MemoryStore:
             if req is None or req.get("state") != FINISHING:
                 return False
             req.update(state=final_state, finished=_stamp(now))
-            if broker_writes is not None:
-                self.broker_writes.append(broker_writes)  # no broker here: kept for inspection
+            if undelivered:
+                req["undelivered"] = _encode(list(undelivered))
+            # No broker here (and so no broker key to check): kept for inspection.
+            self.broker_writes.extend(writes_groups(broker_writes))
             self._keys.expire(f"req:{request_id}", max(0.001, self.retention), now)
+            return True
+
+    def notify_failed(self, request_id: str) -> int:
+        with self._lock:
+            req = self._req(request_id, self._now())
+            if req is None or req.get("state") != FINISHING:
+                return 0
+            req["nfail"] = str(int(req.get("nfail") or 0) + 1)
+            return int(req["nfail"])
+
+    def mark_sent(self, request_id: str, count: int) -> bool:
+        with self._lock:
+            req = self._req(request_id, self._now())
+            if req is None or req.get("state") != FINISHING:
+                return False
+            req["sent"] = str(count)
             return True
 
     def claim_finishing(self, stale: float, limit: int) -> list[str]:
@@ -316,14 +342,82 @@ class MemoryStore:
             self._keys.set(key, token, lock_millis(ttl) / 1000.0, now=now)
             return True
 
-    def preferred_body_type(self) -> str | None:
+    def preferred_body_type(self, site: str = "") -> str | None:
         with self._lock:
-            return self._body_type or None
+            return self._body_types.get(site) or None
 
-    def remember_body_type(self, body_type: str) -> None:
+    def remember_body_type(self, body_type: str, site: str = "") -> None:
         with self._lock:
-            self._body_type = body_type
+            self._body_types[site] = body_type
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {"scheduled": len(self._due), "in_flight": len(self._active), "finishing": len(self._finishing)}
+
+    # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
+    def _watch_workers(self, now: float) -> dict[str, float]:
+        workers = self._keys.get("cbworkers", now)
+        if workers is None:
+            workers = {}
+            self._keys.set("cbworkers", workers, now=now)
+        return workers
+
+    def watch_beat(self, worker: str, broker: str, fence: float) -> bool:
+        with self._lock:
+            now = self._now()
+            ttl = lock_millis(self.retention) / 1000.0
+            workers = self._watch_workers(now)
+            known = worker in workers
+            workers[worker] = now
+            self._keys.set(f"cbworker:{worker}", {"broker": broker, "fence": repr(float(fence))}, ttl, now=now)
+            self._keys.expire(f"cbhold:{worker}", ttl, now)
+            return known
+
+    def watch_dead(self, stale: float, limit: int = 100) -> list[tuple[str, str, float | None]]:
+        with self._lock:
+            now = self._now()
+            out = []
+            for worker in self._first_by_score(self._watch_workers(now), now - stale, limit):
+                reg = self._keys.get(f"cbworker:{worker}", now) or {}
+                fence = reg.get("fence")
+                out.append((worker, reg.get("broker", ""), float(fence) if fence else None))
+            return out
+
+    def watch_hold(self, worker: str, task_id: str, value: str) -> None:
+        with self._lock:
+            now = self._now()
+            key = f"cbhold:{worker}"
+            holds = self._keys.get(key, now)
+            if holds is None:
+                holds = {}
+            holds[task_id] = value
+            self._keys.set(key, holds, lock_millis(self.retention) / 1000.0, now=now)
+
+    def watch_holds(self, worker: str) -> dict[str, str]:
+        with self._lock:
+            return dict(self._keys.get(f"cbhold:{worker}", self._now()) or {})
+
+    def watch_release(self, worker: str, task_id: str, tag: str) -> bool:
+        with self._lock:
+            holds = self._keys.get(f"cbhold:{worker}", self._now())
+            if holds is None or not holds.get(task_id, "").startswith(tag + "|"):
+                return False
+            del holds[task_id]
+            if not holds:
+                self._keys.delete(f"cbhold:{worker}")  # Redis drops an emptied hash
+            return True
+
+    def watch_forget(self, worker: str, stale: float | None = None) -> bool:
+        with self._lock:
+            now = self._now()
+            workers = self._watch_workers(now)
+            if stale is not None:
+                seen = workers.get(worker)
+                if seen is not None and seen > now - stale:
+                    return False
+                if self._keys.get(f"cbhold:{worker}", now):
+                    return False
+            workers.pop(worker, None)
+            self._keys.delete(f"cbworker:{worker}")
+            self._keys.delete(f"cbhold:{worker}")
+            return True

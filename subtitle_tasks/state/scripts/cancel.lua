@@ -3,10 +3,12 @@
 -- (DatoCMS cannot cancel a job; we just stop watching it).
 -- ARGV: prefix, request_id, error_json, retention
 -- Returns the request's state before the call ('waiting' means it was cancelled).
--- env|upload|lowercased language: the key create.lua filed this generation under.
+-- [site#]env|upload|lowercased language: the key create.lua filed this generation under.
 local function dedup_of(gen_key)
-  local f = redis.call('HMGET', gen_key, 'env', 'upload', 'lang')
-  return (f[1] or '') .. '|' .. f[2] .. '|' .. string.lower(f[3])
+  local f = redis.call('HMGET', gen_key, 'env', 'upload', 'lang', 'site')
+  local key = (f[1] or '') .. '|' .. f[2] .. '|' .. string.lower(f[3])
+  if f[4] then key = f[4] .. '#' .. key end
+  return key
 end
 
 local prefix, rid, err, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])

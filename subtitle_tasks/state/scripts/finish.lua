@@ -3,10 +3,12 @@
 -- which recovery uses if the notifier dies before it has sent the callbacks.
 -- ARGV: prefix, generation_id, outcome ('ready'|'error'), result_json, retention
 -- Returns the request ids to notify (empty when someone else finished it).
--- env|upload|lowercased language: the key create.lua filed this generation under.
+-- [site#]env|upload|lowercased language: the key create.lua filed this generation under.
 local function dedup_of(gen_key)
-  local f = redis.call('HMGET', gen_key, 'env', 'upload', 'lang')
-  return (f[1] or '') .. '|' .. f[2] .. '|' .. string.lower(f[3])
+  local f = redis.call('HMGET', gen_key, 'env', 'upload', 'lang', 'site')
+  local key = (f[1] or '') .. '|' .. f[2] .. '|' .. string.lower(f[3])
+  if f[4] then key = f[4] .. '#' .. key end
+  return key
 end
 
 local prefix, gid, outcome, result, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
