@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Callable
+from typing import Any, Callable
 
 from .backoff import capped_exponential, retry_delay
 from .datocms import client as api_client
@@ -24,7 +24,9 @@ from .state import DONE, JOB, OUTCOME_ERROR, OUTCOME_READY, SUBMIT, TRACK, Gener
 
 log = logging.getLogger("subtitle_tasks.pipeline")
 
-BODY_TYPES = (api_client.BODY_TYPE_UPLOAD_TRACK, api_client.BODY_TYPE_SUBTITLES_GENERATION)
+# The first is tried first: what the official JS client sends (cma-client >= 5.6.0),
+# so the server most likely takes it; the documented "upload_track" is the fallback.
+BODY_TYPES = (api_client.BODY_TYPE_SUBTITLES_GENERATION, api_client.BODY_TYPE_UPLOAD_TRACK)
 
 
 def other_body_type(body_type: str) -> str:
@@ -41,11 +43,12 @@ def post_not_applied(exc: api.DatoCMSError) -> bool:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, store: Store, client, notify: Callable[[str], object],
+    def __init__(self, settings: Settings, store: Store, client_for: Callable[[str], Any],
+                 notify: Callable[[str], object],
                  rng: Callable[[], float] = random.random):
         self.settings = settings
         self.store = store
-        self.client = client
+        self.client_for = client_for  # site alias -> that site's DatoCMS client
         self.notify = notify
         self.rng = rng
 
@@ -97,7 +100,7 @@ class Pipeline:
                 return "reconciling"
             known = gen.known_tracks
         else:
-            known = tuple(t.id for t in self.client.list_tracks(gen.upload_id))
+            known = tuple(t.id for t in self.client_for(gen.site).list_tracks(gen.upload_id))
         # Fencing: the snapshot may have taken longer than the lock (slow answers, inline
         # retries). If the lock lapsed, another worker may be running this very step; only
         # a holder that renews it may POST.
@@ -111,6 +114,8 @@ class Pipeline:
             job_id, body_type = self._post(gen)
         except api.DatoCMSError as exc:
             if isinstance(exc, api.RetryableError):
+                if self._server_looks_broken(gen, exc):
+                    return self._give_up_on_server(gen, exc)
                 if post_not_applied(exc):
                     self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1, posted_at=None)
                     return "retry"
@@ -130,29 +135,31 @@ class Pipeline:
         return max(self.settings.submit_grace, 2 * self.settings.lease)
 
     def _post(self, gen: Generation) -> tuple[str, str]:
-        body_type = self.store.preferred_body_type() or BODY_TYPES[0]
+        client = self.client_for(gen.site)
+        body_type = self.store.preferred_body_type(gen.site) or BODY_TYPES[0]
         try:
-            job_id = self.client.generate_subtitles(gen.upload_id, gen.language_code, name=gen.name,
+            job_id = client.generate_subtitles(gen.upload_id, gen.language_code, name=gen.name,
                                                     body_type=body_type)
         except api.InvalidType:
             # The experimental endpoint's body type changed once already; try the other
             # and remember what this server takes, so the fleet pays this once.
             body_type = other_body_type(body_type)
-            job_id = self.client.generate_subtitles(gen.upload_id, gen.language_code, name=gen.name,
+            job_id = client.generate_subtitles(gen.upload_id, gen.language_code, name=gen.name,
                                                     body_type=body_type)
-            self.store.remember_body_type(body_type)
-            log.warning("DatoCMS refused the request body type; switched to %r", body_type)
+            self.store.remember_body_type(body_type, gen.site)
+            log.warning("site %s: DatoCMS refused the request body type; switched to %r",
+                        gen.site or "default", body_type)
         return job_id, body_type
 
     def _poll_job(self, gen: Generation) -> str:
-        track = self.client.get_job_result(gen.job_id)
+        track = self.client_for(gen.site).get_job_result(gen.job_id)
         if track is None:
             self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0)
             return "job-pending"
         return self._on_track(gen, track)
 
     def _watch_track(self, gen: Generation) -> str:
-        tracks = self.client.list_tracks(gen.upload_id)
+        tracks = self.client_for(gen.site).list_tracks(gen.upload_id)
         track = next((t for t in tracks if t.id == gen.track_id), None)
         if track is None:
             return self._fail(gen, ErrorCode.TRACK_MISSING,
@@ -175,7 +182,7 @@ class Pipeline:
               track_id: str | None = None) -> str:
         if track_id and not gen.track_id:
             self.store.advance(gen.id, self.settings.lease, track_id=track_id)
-        log.info("generation %s failed: %s", gen.id, code.value)
+        log.info("generation %s (site %s) failed: %s", gen.id, gen.site or "default", code.value)
         return self._finish(gen, OUTCOME_ERROR, error_fields(code, message, exc))
 
     def _finish(self, gen: Generation, outcome: str, result: dict) -> str:
@@ -184,9 +191,29 @@ class Pipeline:
         return outcome
 
     def _retry_later(self, gen: Generation, exc: api.RetryableError) -> str:
-        log.info("generation %s: %s; retrying", gen.id, exc)
+        if self._server_looks_broken(gen, exc):
+            return self._give_up_on_server(gen, exc)
+        log.info("generation %s (site %s): %s; retrying", gen.id, gen.site or "default", exc)
         self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1, last_error=str(exc))
         return "retry"
+
+    def _server_looks_broken(self, gen: Generation, exc: api.DatoCMSError) -> bool:
+        """Whether to stop retrying: this failure is a server fault rather than load (a
+        non-transient 500/501/505+, an unreadable or oversized answer), and it makes
+        ``max_server_errors`` failures in a row in this phase.
+
+        Waiting out a broken server until the deadline (hours) helps nobody. The store
+        keeps one count, ``errors`` (every consecutive retryable failure), so the bound
+        is checked only when the latest failure is a fault; failures of other kinds
+        just before it (429s, timeouts) count towards it too.
+        """
+        limit = getattr(self.settings, "max_server_errors", 8)
+        return bool(limit) and isinstance(exc, api.UnexpectedServerError) and gen.errors + 1 >= limit
+
+    def _give_up_on_server(self, gen: Generation, exc: api.DatoCMSError) -> str:
+        message = (f"gave up after {gen.errors + 1} failed attempts in a row, the last a server fault "
+                   f"(max_server_errors); last error: {exc}")
+        return self._fail(gen, ErrorCode.PROTOCOL_ERROR, message, exc)
 
     # -- timing -----------------------------------------------------------------------
     def _schedule(self, gen: Generation, delay: float, **fields) -> None:
@@ -213,7 +240,7 @@ class Pipeline:
 
     def _find_new_track(self, gen: Generation) -> UploadTrack | None:
         wanted = gen.language_code.lower()
-        for track in self.client.list_tracks(gen.upload_id):
+        for track in self.client_for(gen.site).list_tracks(gen.upload_id):
             if track.id not in gen.known_tracks and (track.language_code or "").lower() == wanted \
                     and track.track_type == "subtitles":
                 return track

@@ -24,7 +24,8 @@ def simulator():
 @pytest.fixture
 def sim(simulator):
     """The session simulator, reset to fast defaults before and after the test."""
-    defaults = dict(job_seconds=0.3, preparing_seconds=0.3, faults={}, insist_type=None, rate_limit=60, rate_window=3.0)
+    defaults = dict(job_seconds=0.3, preparing_seconds=0.3, faults={}, insist_type=None, rate_limit=60, rate_window=3.0,
+                    immutable_environments=frozenset())
     simulator.reset()
     simulator.configure(**defaults)
     yield simulator

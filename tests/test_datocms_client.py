@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import pickle
 import socket
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -38,9 +40,11 @@ from subtitle_tasks.datocms import (
     RateLimited,
     RateLimiter,
     RetryableError,
+    SandboxImmutable,
     ServerError,
     TransientAPIError,
     Unauthorized,
+    UnexpectedServerError,
     UploadTrack,
     parse_api_errors,
     parse_job_result,
@@ -62,15 +66,17 @@ class FakeTransport(BaseAdapter):
         self.timeouts: list[Any] = []
         self.script: deque = deque()
 
-    def reply(self, status: int = 200, json_body: Any = None, *, body: bytes | str | None = None,
-              headers: dict[str, str] | None = None, reason: str = "") -> "FakeTransport":
+    def reply(self, status: int = 200, json_body: Any = None, *, body: Any = None,
+              headers: dict[str, str] | None = None, reason: str = "", delay: float = 0.0) -> "FakeTransport":
+        """Script one answer; ``body`` may be a file-like raw stream, ``delay``
+        seconds pass before the headers "arrive"."""
         if body is None:
             body = b"" if json_body is None else json.dumps(json_body).encode()
         elif isinstance(body, str):
             body = body.encode()
         hdrs = {"Content-Type": "application/json"} if json_body is not None else {}
         hdrs.update(headers or {})
-        self.script.append(("reply", status, body, hdrs, reason))
+        self.script.append(("reply", status, body, hdrs, reason, delay))
         return self
 
     def fail(self, exc: BaseException) -> "FakeTransport":
@@ -88,11 +94,14 @@ class FakeTransport(BaseAdapter):
             if isinstance(exc, requests.RequestException) and exc.request is None:
                 exc.request = request  # as requests does: the request rides along
             raise exc
-        _, status, body, hdrs, reason = item
+        _, status, body, hdrs, reason, delay = item
+        if delay:
+            time.sleep(delay)
         response = requests.Response()
         response.status_code = status
         response.reason = reason
-        response._content = body
+        # The client streams (stream=True) and reads the raw body itself.
+        response.raw = body if hasattr(body, "read") else io.BytesIO(body)
         response.headers = CaseInsensitiveDict(hdrs)
         response.url = request.url
         response.request = request
@@ -323,6 +332,25 @@ def test_redirects_are_not_followed(make_client, transport):
     assert len(transport.requests) == 1
 
 
+@pytest.mark.parametrize("method", ["post", "get"])
+def test_redirect_to_another_host_sends_nothing_there(make_client, transport, method):
+    # Retries allowed: a GET's ProtocolError is retried, but always at our own URL.
+    client = make_client()
+    for _ in range(3):
+        transport.reply(302, body=b"", headers={"Location": "https://evil.example/steal?x=1"})
+    with pytest.raises(ProtocolError) as info:
+        if method == "post":
+            client.generate_subtitles("up-1", "en")
+        else:
+            client.list_tracks("up-1")
+    assert info.value.status == 302
+    assert transport.requests  # at least the first call went out...
+    for req in transport.requests:  # ...and every one to DatoCMS, none to evil.example
+        assert req.url.startswith(f"{BASE}/"), req.url
+        assert "evil.example" not in req.url
+    assert len(transport.requests) == (1 if method == "post" else 3)
+
+
 # ----------------------------------------------------------------- answers
 
 
@@ -462,9 +490,13 @@ def test_malformed_submit_success_is_protocol_error_with_unknown_outcome(client,
         (404, "NOT_FOUND", NotFound),
         (409, "STALE_ITEM_VERSION", InvalidRequest),
         (412, "SOMETHING", InvalidRequest),
-        (500, "INTERNAL_SERVER_ERROR", ServerError),
+        (500, "INTERNAL_SERVER_ERROR", UnexpectedServerError),
+        (501, "NOT_IMPLEMENTED", UnexpectedServerError),
+        (505, "SOMETHING", UnexpectedServerError),
         (502, "BAD_GATEWAY", ServerError),
         (503, "MAINTENANCE_MODE", ServerError),
+        (504, "GATEWAY_TIMEOUT", ServerError),
+        (422, "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT", SandboxImmutable),
     ],
 )
 def test_error_class_by_status_and_code(make_client, transport, status, code, expected):
@@ -484,10 +516,13 @@ def test_error_class_by_status_and_code(make_client, transport, status, code, ex
 
 def test_tree():
     assert issubclass(InvalidType, InvalidRequest)
+    assert issubclass(SandboxImmutable, InvalidRequest)
     for cls in (InvalidRequest, Unauthorized, Forbidden, NotFound):
         assert issubclass(cls, PermanentError)
     for cls in (RateLimited, ServerError, ProtocolError, TransientAPIError, NetworkError):
         assert issubclass(cls, RetryableError)
+    # the failures a caller bounds: faults, not load
+    assert issubclass(UnexpectedServerError, ServerError) and issubclass(ProtocolError, UnexpectedServerError)
     assert not issubclass(JobFailed, (RetryableError, PermanentError))
     for cls in (RetryableError, PermanentError, JobFailed):
         assert issubclass(cls, DatoCMSError)
@@ -1021,3 +1056,436 @@ def test_real_transport_classifies_loopback_failures():
         thread.join(5)
         server.close()
         client.close()
+
+
+# ------------------------------------------------------------ https only
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://site-api.datocms.com", "http://10.0.0.5:8080", "http://[2001:db8::1]", "http://simulator:8765",
+     "http://localhost.example.com", "http://127.0.0.1.nip.io"],
+)
+def test_plain_http_to_a_remote_host_is_refused(base_url):
+    with pytest.raises(ValueError) as info:
+        DatoCMSClient(TOKEN, base_url=base_url)
+    message = str(info.value)
+    assert "https" in message and "allow_insecure_http" in message
+    assert TOKEN not in message
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["http://127.0.0.1:8765", "http://127.9.8.7", "http://[::1]:9000", "http://localhost:1", "http://LOCALHOST",
+     "https://site-api.datocms.com", "https://dato.example.test/api"],
+)
+def test_https_or_loopback_is_accepted(base_url):
+    DatoCMSClient(TOKEN, base_url=base_url).close()
+
+
+def test_allow_insecure_http_opts_in():
+    client = DatoCMSClient(TOKEN, base_url="http://simulator:8765", allow_insecure_http=True)
+    assert client.base_url == "http://simulator:8765"
+    client.close()
+
+
+# ------------------------------------------------------- size and time caps
+
+
+class EndlessBody(io.RawIOBase):
+    """A body that never ends (a 30 MB answer and beyond); counts what was read."""
+
+    def __init__(self, delay: float = 0.0, chunk: int | None = None) -> None:
+        self.read_bytes = 0
+        self.delay = delay
+        self.chunk = chunk
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.delay:
+            time.sleep(self.delay)
+        size = len(buffer) if self.chunk is None else min(self.chunk, len(buffer))
+        buffer[:size] = b"x" * size
+        self.read_bytes += size
+        return size
+
+
+def test_oversized_answer_is_protocol_error_without_reading_it_whole(make_client, transport):
+    client = make_client(max_inline_retries=0, max_response_bytes=1000)
+    endless = EndlessBody()
+    transport.reply(202, body=endless, headers={"Content-Type": "application/json"})
+    with pytest.raises(ProtocolError) as info:
+        client.generate_subtitles("up-1", "en")
+    exc = info.value
+    assert "size cap" in str(exc) and "1000 bytes" in str(exc)
+    assert exc.status == 202 and exc.outcome_unknown is True  # the POST may have been carried out
+    assert endless.read_bytes == 1001  # one byte past the cap proves it too large
+
+
+def test_declared_oversized_answer_is_not_read_at_all(make_client, transport):
+    client = make_client(max_inline_retries=0)  # default cap: 1 MiB
+    endless = EndlessBody()
+    transport.reply(200, body=endless, headers={"Content-Length": str(30 * 1024 * 1024)})
+    with pytest.raises(ProtocolError) as info:
+        client.list_tracks("up-1")
+    assert "size cap of 1048576 bytes" in str(info.value)
+    assert info.value.outcome_unknown is False  # a GET
+    assert endless.read_bytes == 0
+
+
+def test_oversized_get_is_retried_like_any_protocol_error(make_client, transport, sleeps):
+    client = make_client(max_response_bytes=64)
+    transport.reply(200, {"data": [], "meta": {"padding": "x" * 100}})
+    transport.reply(200, {"data": []})
+    assert client.list_tracks("up-1") == []
+    assert len(transport.requests) == 2 and len(sleeps) == 1
+
+
+def test_answer_exactly_at_the_cap_is_read(make_client, transport):
+    body = json.dumps({"data": []}).encode()
+    client = make_client(max_response_bytes=len(body))
+    transport.reply(200, body=body)
+    assert client.list_tracks("up-1") == []
+
+
+def test_trickling_body_hits_the_call_budget(make_client, transport):
+    client = make_client(max_inline_retries=0, max_call_seconds=0.2)
+    trickle = EndlessBody(delay=0.02, chunk=1)
+    transport.reply(202, body=trickle, headers={"Content-Type": "application/json"})
+    started = time.monotonic()
+    with pytest.raises(NetworkError) as info:
+        client.generate_subtitles("up-1", "en")
+    assert time.monotonic() - started < 2.0
+    exc = info.value
+    assert "timed out" in str(exc) and "max_call_seconds" in str(exc)
+    assert exc.request_sent is True and exc.outcome_unknown is True
+    assert 0 < trickle.read_bytes < 100
+
+
+def test_headers_after_the_budget_are_a_timeout(make_client, transport):
+    client = make_client(max_inline_retries=0, max_call_seconds=0.05)
+    transport.reply(200, {"data": []}, delay=0.1)
+    with pytest.raises(NetworkError) as info:
+        client.list_tracks("up-1")
+    assert info.value.request_sent is True and "timed out" in str(info.value)
+
+
+def test_call_budget_holds_against_a_real_trickling_server():
+    """requests' timeout is per socket read: a server sending one byte every
+    50 ms never trips a 5 s read timeout. The budget must end the call."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle():
+        conn, _ = server.accept()
+        try:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n")
+            while not stop.is_set():
+                conn.sendall(b" ")
+                time.sleep(0.05)
+        except OSError:
+            pass  # the client hung up, as it should
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    client = DatoCMSClient(TOKEN, base_url=f"http://127.0.0.1:{port}", max_inline_retries=0, timeout=5.0,
+                           max_call_seconds=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(NetworkError) as info:
+            client.list_tracks("up-1")
+        assert time.monotonic() - started < 3.0
+        assert "max_call_seconds" in str(info.value)
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+        client.close()
+
+
+def test_connection_dropped_mid_body_is_network_error(make_client, transport):
+    class Dropping(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    client = make_client(max_inline_retries=0)
+    transport.reply(202, body=Dropping())
+    with pytest.raises(NetworkError) as info:
+        client.generate_subtitles("up-1", "en")
+    assert info.value.request_sent is True and info.value.outcome_unknown is True
+
+
+@pytest.mark.parametrize("depth", [65, 500, 100_000])
+def test_absurdly_nested_success_is_protocol_error(make_client, transport, depth):
+    client = make_client(max_inline_retries=0)
+    transport.reply(200, body=b"[" * depth + b"]" * depth)
+    with pytest.raises(ProtocolError):
+        client.list_tracks("up-1")
+
+
+def test_cap_arguments_are_validated():
+    for kwargs in (dict(max_response_bytes=0), dict(max_response_bytes=True), dict(max_response_bytes=1.5),
+                   dict(max_call_seconds=0), dict(max_call_seconds=float("inf")), dict(max_call_seconds="30")):
+        with pytest.raises(ValueError):
+            DatoCMSClient(TOKEN, **kwargs)
+
+
+# ------------------------------------------------- token echoed by the server
+
+
+def test_token_echoed_in_a_job_result_is_redacted_before_parsing(client, transport):
+    resource = track_resource("ready")
+    resource["attributes"]["name"] = TOKEN
+    resource["meta"] = {"debug": f"Authorization: Bearer {TOKEN}", TOKEN: [TOKEN]}
+    transport.reply(200, job_result(200, {"data": resource}))
+    track = client.get_job_result("4235")
+    assert track.name == "[REDACTED]"
+    stored = json.dumps(track.resource)
+    assert TOKEN not in stored
+    assert track.resource["meta"] == {"debug": "Authorization: Bearer [REDACTED]", "[REDACTED]": ["[REDACTED]"]}
+
+
+def test_token_echoed_in_a_track_list_is_redacted(client, transport):
+    resource = track_resource("preparing")
+    resource["attributes"]["name"] = f"echo {TOKEN} echo"
+    transport.reply(200, {"data": [resource]})
+    (track,) = client.list_tracks("up-1")
+    assert track.name == "echo [REDACTED] echo"
+    assert TOKEN not in json.dumps(track.resource)
+
+
+def test_token_in_response_headers_or_reason_never_reaches_exceptions(make_client, transport):
+    client = make_client(max_inline_retries=0)
+    transport.reply(500, {"data": []}, headers={"X-Request-Id": f"rq-{TOKEN}"}, reason=f"Oops {TOKEN}")
+    with pytest.raises(ServerError) as info:
+        client.list_tracks("up-1")
+    exc = info.value
+    assert TOKEN not in repr(vars(exc)) and TOKEN not in str(exc)
+    assert exc.request_id == "rq-[REDACTED]"
+
+
+# ------------------------------------------------------ refused body type
+
+
+@pytest.mark.parametrize(
+    "code, details",
+    [
+        ("INVALID_TYPE", {}),
+        ("INVALID_FIELD", {"field": "type"}),
+        ("INVALID_FIELD", {"field": "data.type", "code": "VALIDATION_INCLUSION"}),
+        ("INVALID_ATTRIBUTES", {"attribute": "type"}),
+        ("INVALID_ATTRIBUTES", {"fields": ["name", "type"]}),
+        ("INVALID_FIELD", {"source": {"pointer": "/data/type"}}),
+        ("INVALID_FIELD", {"field": "Type"}),
+        ("SOMETHING_NEW", {"field": "data[type]"}),
+        ("SOMETHING_NEW", {"errors": [{"attribute": "type", "message": "is invalid"}]}),
+    ],
+)
+def test_422_pointing_at_the_type_is_invalid_type(make_client, transport, code, details):
+    client = make_client(max_inline_retries=0)
+    transport.reply(422, api_error(code, details=details))
+    with pytest.raises(InvalidType) as info:
+        client.generate_subtitles("up-1", "en")
+    assert info.value.code == code and info.value.details == details
+
+
+@pytest.mark.parametrize(
+    "status, code, details",
+    [
+        (422, "INVALID_FIELD", {"field": "language_code", "code": "VALIDATION_FORMAT", "message": "bad type"}),
+        (422, "INVALID_FIELD", {"field": "data.attributes.language_code"}),
+        (422, "INVALID_ATTRIBUTES", {"extraneous_attributes": ["type"]}),
+        (422, "INVALID_FIELD", {"field": "data.attributes.type"}),  # a track attribute, not the body type
+        (422, "INVALID_FIELD", {"field": "types"}),
+        (422, "INVALID_FIELD", {"type": "field"}),
+        (422, "INVALID_FIELD", {"field": ["language_code"], "got": "type"}),
+        (409, "STALE", {"field": "type"}),  # not 422, not a field error code
+    ],
+)
+def test_other_field_errors_are_not_invalid_type(make_client, transport, status, code, details):
+    client = make_client(max_inline_retries=0)
+    transport.reply(status, api_error(code, details=details))
+    with pytest.raises(InvalidRequest) as info:
+        client.generate_subtitles("up-1", "en")
+    assert type(info.value) is InvalidRequest
+
+
+def test_type_error_anywhere_in_the_list_decides(make_client, transport):
+    client = make_client(max_inline_retries=0)
+    body = api_error("INVALID_FIELD", details={"field": "language_code"})
+    body["data"].append(api_error("INVALID_FIELD", details={"field": "type"}, id="err-2")["data"][0])
+    transport.reply(422, body)
+    with pytest.raises(InvalidType) as info:
+        client.generate_subtitles("up-1", "en")
+    assert info.value.details == {"field": "type"} and info.value.request_id == "err-2"
+
+
+# -------------------------------------------- end to end, against the simulator
+
+
+@pytest.fixture
+def sim_client(datocms_simulator_factory):
+    def factory(environment: str | None = None, **config) -> tuple[Any, DatoCMSClient]:
+        sim = datocms_simulator_factory(**config)
+        return sim, DatoCMSClient(TOKEN, base_url=sim.url, environment=environment, max_inline_retries=0)
+
+    return factory
+
+
+def test_simulator_sandbox_refusal_is_sandbox_immutable(sim_client):
+    sim, client = sim_client(environment="frozen", immutable_environments={"frozen"})
+    with pytest.raises(SandboxImmutable) as info:
+        client.generate_subtitles("up-1", "it-IT")
+    exc = info.value
+    assert (exc.status, exc.code) == (422, "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT")
+    assert isinstance(exc, InvalidRequest) and exc.outcome_unknown is False
+    assert sim.jobs() == []
+    _, other = sim_client(environment="open", immutable_environments={"frozen"})
+    assert other.generate_subtitles("up-1", "it-IT")
+
+
+def test_simulator_echoed_token_is_never_stored(sim_client):
+    sim, client = sim_client(preparing_seconds=0, faults={"echo_token": 1.0})
+    job_id = client.generate_subtitles("up-1", "it-IT", name="Italiano")
+    sim.complete_all_jobs()
+    track = client.get_job_result(job_id)
+    (listed,) = client.list_tracks("up-1")
+    for found in (track, listed):
+        assert found.name == "echo: Bearer [REDACTED]"
+        assert TOKEN not in json.dumps(found.resource)
+    assert [r.fault for r in sim.requests()] == [None, "echo_token", "echo_token"]
+
+
+def test_simulator_huge_body_is_refused_quickly(sim_client):
+    sim, client = sim_client(faults={"huge_body": 1.0})
+    started = time.monotonic()
+    with pytest.raises(ProtocolError) as info:
+        client.list_tracks("up-1")
+    assert "size cap" in str(info.value)
+    assert time.monotonic() - started < 5
+    sim.configure(faults={})
+    assert client.list_tracks("up-1") == []  # the client recovers on a fresh connection
+
+
+def test_simulator_redirect_is_not_followed(sim_client):
+    sim, client = sim_client(faults={"redirect": 1.0})
+    with pytest.raises(ProtocolError) as info:
+        client.generate_subtitles("up-1", "it-IT")
+    assert info.value.status == 302 and info.value.outcome_unknown is True
+    assert len(sim.requests()) == 1 and sim.jobs() == []
+
+
+# ------------------------------------------------------------- rate-limit headers feed the limiter
+
+
+class ObservingLimiter(FakeLimiter):
+    def __init__(self, refuse: list[float] | None = None) -> None:
+        super().__init__(refuse)
+        self.observed: list[tuple[int | None, int | None]] = []
+
+    def observe(self, limit, remaining) -> None:
+        self.observed.append((limit, remaining))
+
+
+def rate_headers(limit: str, remaining: str, **extra: str) -> dict[str, str]:
+    return {"X-RateLimit-Limit": limit, "X-RateLimit-Remaining": remaining, **extra}
+
+
+def test_every_answer_is_observed_errors_and_429_included(make_client, transport):
+    limiter = ObservingLimiter()
+    client = make_client(rate_limiter=limiter, max_inline_retries=0)
+    transport.reply(200, {"data": []}, headers=rate_headers("30", "12"))
+    transport.reply(404, api_error("NOT_FOUND"), headers=rate_headers("30", "11"))
+    transport.reply(429, api_error("RATE_LIMIT_EXCEEDED"), headers=rate_headers(" 30 ", "0", **{"X-RateLimit-Reset": "2"}))
+    assert client.list_tracks("up-1") == []
+    with pytest.raises(NotFound):
+        client.list_tracks("up-1")
+    with pytest.raises(RateLimited):
+        client.list_tracks("up-1")
+    assert limiter.observed == [(30, 12), (30, 11), (30, 0)]
+    assert limiter.penalties == [2.0]
+
+
+def test_each_inline_retry_is_observed(make_client, transport):
+    limiter = ObservingLimiter()
+    client = make_client(rate_limiter=limiter)
+    transport.reply(503, api_error("SERVICE_UNAVAILABLE", transient=True), headers=rate_headers("60", "5"))
+    transport.reply(200, {"data": []}, headers=rate_headers("60", "4"))
+    assert client.list_tracks("up-1") == []
+    assert limiter.observed == [(60, 5), (60, 4)] and limiter.acquired == 2
+
+
+def test_an_answer_whose_body_fails_is_still_observed(make_client, transport):
+    limiter = ObservingLimiter()
+    client = make_client(rate_limiter=limiter, max_inline_retries=0, max_response_bytes=1000)
+    transport.reply(200, body=EndlessBody(), headers=rate_headers("60", "9", **{"Content-Type": "application/json"}))
+    with pytest.raises(ProtocolError):
+        client.list_tracks("up-1")
+    assert limiter.observed == [(60, 9)]
+
+
+@pytest.mark.parametrize(
+    "headers, expected",
+    [
+        (rate_headers("60", "abc"), [(60, None)]),
+        (rate_headers("-1", "3"), [(None, 3)]),
+        (rate_headers("1.5", "1e3"), []),
+        (rate_headers("", "٣"), []),               # a non-ASCII digit is not a count
+        (rate_headers("99999999999", "0"), [(None, 0)]),
+        ({}, []),                                   # nothing to learn: not called
+    ],
+)
+def test_unusable_rate_limit_headers_are_passed_as_none(make_client, transport, headers, expected):
+    limiter = ObservingLimiter()
+    client = make_client(rate_limiter=limiter)
+    transport.reply(200, {"data": []}, headers=headers)
+    client.list_tracks("up-1")
+    assert limiter.observed == expected
+
+
+def test_limiter_without_observe_is_fine(make_client, transport):
+    limiter = FakeLimiter()
+    assert not hasattr(limiter, "observe") and isinstance(limiter, RateLimiter)
+    client = make_client(rate_limiter=limiter)
+    transport.reply(200, {"data": []}, headers=rate_headers("60", "1"))
+    assert client.list_tracks("up-1") == []
+    assert isinstance(ObservingLimiter(), RateLimiter)
+
+
+def test_broken_observe_hides_neither_the_answer_nor_the_429(make_client, transport, caplog):
+    class Broken(ObservingLimiter):
+        def observe(self, limit, remaining):
+            raise RuntimeError("redis down")
+
+    limiter = Broken()
+    client = make_client(rate_limiter=limiter, max_inline_retries=0)
+    transport.reply(200, {"data": []}, headers=rate_headers("60", "1"))
+    transport.reply(429, api_error("RATE_LIMIT_EXCEEDED"), headers=rate_headers("60", "0", **{"X-RateLimit-Reset": "3"}))
+    with caplog.at_level(logging.WARNING, logger="subtitle_tasks.datocms.client"):
+        assert client.list_tracks("up-1") == []
+        with pytest.raises(RateLimited):
+            client.list_tracks("up-1")
+    assert limiter.penalties == [3.0]
+    assert "observe(60, 0) failed" in caplog.text
+
+
+def test_announced_plan_lowers_a_shared_limiters_budget(make_client, transport):
+    from subtitle_tasks.rate_limits import SharedRateLimiter, StubBackend
+
+    limiter = SharedRateLimiter(StubBackend(), "k", limit=55, window=3.0, share=0.8, max_wait=0)
+    client = make_client(rate_limiter=limiter)
+    transport.reply(200, {"data": []}, headers=rate_headers("30", "29"))
+    client.list_tracks("up-1")
+    snap = limiter.snapshot()
+    assert (snap["plan"], snap["effective_limit"], snap["used"], snap["foreign"]) == (30, 24, 1, 0)

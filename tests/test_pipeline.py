@@ -107,7 +107,7 @@ def test_deadline_ends_a_request_that_never_finishes(harness):
 
 
 def test_body_type_falls_back_and_is_remembered(harness, sim):
-    sim.configure(insist_type="subtitles_generation")
+    sim.configure(insist_type="upload_track")
     harness.worker()
     ask("video-type-a")
     assert only_call(harness, "video-type-a")["kind"] == "ready"
@@ -115,11 +115,12 @@ def test_body_type_falls_back_and_is_remembered(harness, sim):
     calls = harness.wait_for_calls(2)
     assert {(c["tag"], c["kind"]) for c in calls} == {("video-type-a", "ready"), ("video-type-b", "ready")}
     posts = [r for r in sim.requests() if r.method == "POST"]
-    # a: refused upload_track, then accepted; b: straight to the remembered type.
+    # a: the official client's subtitles_generation refused, then upload_track
+    # accepted; b: straight to the remembered type.
     assert [(p.path.split("/")[2], p.body_type, p.status) for p in posts] == [
-        ("video-type-a", "upload_track", 422),
-        ("video-type-a", "subtitles_generation", 202),
-        ("video-type-b", "subtitles_generation", 202),
+        ("video-type-a", "subtitles_generation", 422),
+        ("video-type-a", "upload_track", 202),
+        ("video-type-b", "upload_track", 202),
     ]
 
 

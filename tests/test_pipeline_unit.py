@@ -59,6 +59,23 @@ def server_error(status: int = 500, method: str = "POST", path: str = POST_PATH)
                            outcome_unknown=method == "POST" and status != 503, method=method, path=path)
 
 
+def server_fault(status: int = 500, method: str = "GET", path: str = "/job-results/job-1") -> api.UnexpectedServerError:
+    return api.UnexpectedServerError(f"{method} {path} failed (Internal Server Error)", status=status,
+                                     code="INTERNAL_SERVER_ERROR", request_id="rq-fault",
+                                     outcome_unknown=method == "POST", method=method, path=path)
+
+
+def unreadable(method: str = "GET", path: str = TRACKS_PATH) -> api.ProtocolError:
+    return api.ProtocolError(f"{method} {path}: unexpected answer: success answer is not JSON", status=200,
+                             request_id="rq-proto", outcome_unknown=method == "POST", method=method, path=path)
+
+
+def sandbox_immutable() -> api.SandboxImmutable:
+    return api.SandboxImmutable(f"POST {POST_PATH} failed: {{\"environment\": \"frozen\"}}", status=422,
+                                code="IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT", request_id="rq-sbx",
+                                details={"environment": "frozen"}, method="POST", path=POST_PATH)
+
+
 def invalid_type() -> api.InvalidType:
     return api.InvalidType(f"POST {POST_PATH} failed: field: type", status=422, code="INVALID_TYPE",
                            request_id="rq-422", details={"field": "type", "code": "INVALID_TYPE"},
@@ -143,7 +160,7 @@ class Env:
         self.notified: list[str] = []
         self.settings = load_settings({"poll_initial": POLL_INITIAL, "poll_max": POLL_MAX, "lease": LEASE,
                                        "http_timeout": 10, "submit_grace": GRACE}, environ={})
-        self.pipeline = Pipeline(self.settings, self.store, self.client, self.notified.append, rng=rng)
+        self.pipeline = Pipeline(self.settings, self.store, lambda site: self.client, self.notified.append, rng=rng)
 
     def request(self, rid: str = "r1", *, upload: str = "u1", lang: str = "it-IT", ttl: float = 3600.0) -> str:
         return self.store.create_request(
@@ -182,9 +199,9 @@ def env() -> Env:
 def test_submit_snapshots_tracks_posts_and_moves_to_the_job_phase(env):
     env.client.tracks["u1"] = [track("old-it"), track("old-en", lang="en")]
     gid = env.submitted()
-    assert env.client.calls == [("tracks", "u1"), ("post", "u1", "it-IT", "Italiano", "upload_track")]
+    assert env.client.calls == [("tracks", "u1"), ("post", "u1", "it-IT", "Italiano", "subtitles_generation")]
     gen = env.gen(gid)
-    assert (gen.phase, gen.job_id, gen.body_type) == (JOB, "job-1", "upload_track")
+    assert (gen.phase, gen.job_id, gen.body_type) == (JOB, "job-1", "subtitles_generation")
     assert gen.posted_at is None and gen.attempts == 0 and gen.errors == 0
     assert gen.known_tracks == ("old-it", "old-en")
     assert env.delay(gid) == pytest.approx(POLL_INITIAL)
@@ -209,13 +226,14 @@ def test_invalid_type_switches_body_type_and_remembers_it(env):
     env.client.posts.extend([invalid_type(), "job-1"])
     gid = env.request()
     assert env.step(gid) == "submitted"
-    assert [c[4] for c in env.client.calls if c[0] == "post"] == ["upload_track", "subtitles_generation"]
-    assert env.gen(gid).body_type == "subtitles_generation"
-    assert env.store.preferred_body_type() == "subtitles_generation"
+    # the official JS client's type first, then the documented one
+    assert [c[4] for c in env.client.calls if c[0] == "post"] == ["subtitles_generation", "upload_track"]
+    assert env.gen(gid).body_type == "upload_track"
+    assert env.store.preferred_body_type() == "upload_track"
     # the next generation starts with the type the server took
     env.client.calls.clear()
     env.submitted("r2", upload="u2", job_id="job-2")
-    assert [c[4] for c in env.client.calls if c[0] == "post"] == ["subtitles_generation"]
+    assert [c[4] for c in env.client.calls if c[0] == "post"] == ["upload_track"]
 
 
 def test_both_body_types_refused_is_invalid_request(env):
@@ -322,7 +340,7 @@ def test_a_second_post_waits_two_leases_even_with_a_short_grace():
     env = Env()
     env.settings = load_settings({"poll_initial": POLL_INITIAL, "poll_max": POLL_MAX, "lease": LEASE,
                                   "http_timeout": 10, "submit_grace": 5}, environ={})
-    env.pipeline = Pipeline(env.settings, env.store, env.client, env.notified.append)
+    env.pipeline = Pipeline(env.settings, env.store, lambda site: env.client, env.notified.append)
     gid = ambiguous(env, read_timeout())
     env.clock.t = START + 2 * LEASE - 1  # grace long gone; the first POST may still be in flight
     assert env.step(gid) == "reconciling"
@@ -574,3 +592,103 @@ def test_unknown_or_finished_generation_is_finished(env):
     env.store.cancel("r1", {"code": "cancelled", "message": "test"})
     assert env.pipeline.advance(gid) == "finished"
     assert env.store.load_request("r1").state == FINISHING
+
+
+# -- bounded server faults ------------------------------------------------------------------
+
+class Overrides:
+    """Settings with some values replaced (whether or not Settings has the field yet)."""
+
+    def __init__(self, settings, **values) -> None:
+        self._settings = settings
+        self.__dict__.update(values)
+
+    def __getattr__(self, name: str):
+        return getattr(self._settings, name)
+
+
+def with_max_server_errors(limit: int) -> Env:
+    env = Env()
+    env.settings = Overrides(env.settings, max_server_errors=limit)
+    env.pipeline = Pipeline(env.settings, env.store, lambda site: env.client, env.notified.append)
+    return env
+
+
+def test_server_faults_in_a_row_end_the_generation_as_protocol_error(env):
+    gid = env.submitted()
+    env.client.jobs.extend([server_fault()] * 8)
+    for errors in range(1, 8):  # the default bound is 8
+        assert env.step(gid) == "retry"
+        assert env.gen(gid).errors == errors
+    assert env.step(gid) == "error"
+    result = env.gen(gid).result
+    assert result["code"] == "protocol_error"
+    assert result["api_status"] == 500 and result["api_code"] == "INTERNAL_SERVER_ERROR"
+    assert "8 failed attempts in a row" in result["message"] and "last error" in result["message"]
+    assert "500 INTERNAL_SERVER_ERROR" in result["message"]
+    assert env.notified == ["r1"]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: server_error(502, "GET", "/job-results/job-1"),
+    lambda: server_error(503, "GET", "/job-results/job-1"),
+    lambda: server_error(504, "GET", "/job-results/job-1"),
+    lambda: rate_limited(1.0),
+    lambda: api.NetworkError("GET /job-results/job-1: timed out", request_sent=True),
+    lambda: api.TransientAPIError("GET /job-results/job-1 failed", status=500, code="SOMETHING"),
+], ids=["502", "503", "504", "429", "network", "transient-500"])
+def test_load_and_gateway_errors_are_not_bounded(make):
+    env = with_max_server_errors(3)
+    gid = env.submitted()
+    env.client.jobs.extend([make() for _ in range(10)])
+    assert [env.step(gid) for _ in range(10)] == ["retry"] * 10
+    assert env.gen(gid).errors == 10 and env.notified == []
+
+
+def test_a_success_resets_the_count_of_server_faults():
+    env = with_max_server_errors(3)
+    gid = env.submitted()
+    env.client.jobs.extend([server_fault(), server_fault(), None, server_fault(), server_fault()])
+    assert [env.step(gid) for _ in range(5)] == ["retry", "retry", "job-pending", "retry", "retry"]
+    env.client.jobs.append(server_fault())
+    assert env.step(gid) == "error"
+
+
+def test_unreadable_answers_count_in_the_track_phase():
+    env = with_max_server_errors(3)
+    gid = preparing(env)
+    env.client.list_failures.extend([unreadable(), unreadable(), unreadable()])
+    assert [env.step(gid) for _ in range(3)] == ["retry", "retry", "error"]
+    result = env.gen(gid).result
+    assert result["code"] == "protocol_error" and "not JSON" in result["message"]
+
+
+def test_the_bound_applies_when_the_latest_failure_is_a_fault():
+    # The store keeps one count of failures in a row: a fault after a run of 429s
+    # ends the generation once the run reaches the bound.
+    env = with_max_server_errors(3)
+    gid = env.submitted()
+    env.client.jobs.extend([rate_limited(1.0), rate_limited(1.0), server_fault()])
+    assert [env.step(gid) for _ in range(3)] == ["retry", "retry", "error"]
+
+
+def test_server_faults_on_submit_are_bounded_too():
+    env = with_max_server_errors(3)
+    gid = env.request()
+    env.client.list_failures.extend([server_fault(500, "GET", TRACKS_PATH)] * 2)
+    assert [env.step(gid) for _ in range(2)] == ["retry", "retry"]
+    env.client.posts.append(server_fault(500, "POST", POST_PATH))  # the snapshot works; the POST does not
+    assert env.step(gid) == "error"
+    result = env.gen(gid).result
+    assert result["code"] == "protocol_error" and POST_PATH in result["message"]
+    assert env.client.count("post") == 1
+
+
+def test_sandbox_refusal_ends_with_sandbox_immutable(env):
+    gid = env.request()
+    env.client.posts.append(sandbox_immutable())
+    assert env.step(gid) == "error"
+    result = env.gen(gid).result
+    assert result["code"] == "sandbox_immutable"
+    assert result["api_code"] == "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT" and result["api_status"] == 422
+    assert env.client.count("post") == 1  # never retried with the other body type

@@ -158,6 +158,35 @@ def test_environment_is_recorded_and_checked_when_configured(datocms_simulator_f
                                             (None, "upload-1", "it-IT"): 1})
 
 
+def test_immutable_sandbox_refuses_generating_tracks(datocms_simulator_factory) -> None:
+    sim = datocms_simulator_factory(job_seconds=0, immutable_environments={"frozen"})
+    frozen = api_session(**{"X-Environment": "frozen"})
+    response = post_generate(sim, "upload-1", session=frozen)
+    assert response.status_code == 422
+    attributes = error_attributes(response)
+    assert attributes["code"] == "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT"
+    assert attributes["details"] == {"environment": "frozen"} and "transient" not in attributes
+    assert sim.jobs() == []
+    # reads still work there; other environments and the primary one are unaffected
+    assert get_tracks(sim, "upload-1", session=frozen).status_code == 200
+    assert post_generate(sim, session=api_session(**{"X-Environment": "open"})).status_code == 202
+    assert post_generate(sim).status_code == 202
+    # the upload and body are checked first
+    assert post_generate(sim, "missing-1", session=frozen).status_code == 404
+    assert error_code(post_generate(sim, session=frozen, language_code="??")) == "INVALID_FIELD"
+
+
+def test_immutable_environments_are_configurable_over_http(datocms_simulator: Simulator) -> None:
+    sim = datocms_simulator
+    assert sim.config.immutable_environments == frozenset()
+    answer = control(sim, "POST", "config", {"immutable_environments": ["frozen", "ice"]})
+    assert answer.status_code == 200 and answer.json()["config"]["immutable_environments"] == ["frozen", "ice"]
+    assert sim.config.immutable_environments == frozenset({"frozen", "ice"})
+    assert post_generate(sim, session=api_session(**{"X-Environment": "ice"})).status_code == 422
+    assert control(sim, "POST", "config", {"immutable_environments": "frozen"}).status_code == 400
+    assert control(sim, "POST", "config", {"immutable_environments": [""]}).status_code == 400
+
+
 def test_every_answer_has_request_id_and_rate_limit_headers(datocms_simulator: Simulator) -> None:
     responses = [
         post_generate(datocms_simulator),
@@ -462,6 +491,47 @@ def test_drop_after_commit_creates_the_job_then_drops(datocms_simulator_factory)
     assert len(sim.jobs()) == 1
     # Only job-creating POSTs are affected.
     assert get_job_result(sim, "nope").status_code == 404
+
+
+def test_huge_body_fault_answers_several_megabytes(datocms_simulator_factory) -> None:
+    sim = datocms_simulator_factory(faults={"huge_body": 1.0})
+    response = get_tracks(sim, "upload-1")
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.content) >= 5 * 1024 * 1024
+    assert response.json()["data"] is None
+    assert post_generate(sim).status_code == 200 and sim.jobs() == []  # creates nothing
+    assert sim.requests()[-1].fault == "huge_body"
+
+
+def test_huge_body_fault_survives_a_client_hanging_up(datocms_simulator_factory, capfd) -> None:
+    sim = datocms_simulator_factory(faults={"huge_body": 1.0})
+    with api_session().get(f"{sim.url}/uploads/u/tracks", stream=True) as response:
+        assert response.raw.read(100)
+    time.sleep(0.3)  # the server notices the hang-up on its next write
+    sim.configure(faults={})
+    assert get_tracks(sim, "u").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_redirect_fault_points_at_another_host(datocms_simulator_factory) -> None:
+    sim = datocms_simulator_factory(faults={"redirect": 1.0})
+    response = api_session().post(f"{sim.url}/uploads/u1/tracks/generate-subtitles", json=generate_body(),
+                                  allow_redirects=False)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "https://elsewhere.invalid/uploads/u1/tracks/generate-subtitles"
+    assert sim.jobs() == [] and sim.requests()[-1].fault == "redirect"
+
+
+def test_echo_token_fault_names_tracks_after_the_token(datocms_simulator_factory) -> None:
+    sim = datocms_simulator_factory(job_seconds=0, faults={"echo_token": 1.0})
+    job_id = start_job(sim, "upload-echo")
+    result = finished_result(sim, job_id)
+    assert result["data"]["attributes"]["payload"]["data"]["attributes"]["name"] == f"echo: Bearer {TOKEN}"
+    tracks = get_tracks(sim, "upload-echo").json()["data"]
+    assert [t["attributes"]["name"] for t in tracks] == [f"echo: Bearer {TOKEN}"]
+    assert get_job_result(sim, "no-such-job").status_code == 404
+    # recorded only where a track carried the token
+    assert [r.fault for r in sim.requests()] == [None, "echo_token", "echo_token", None]
 
 
 def test_slow_fault_delays_the_answer(datocms_simulator_factory) -> None:

@@ -10,15 +10,21 @@ It knows HTTP and DatoCMS, nothing of Celery or Redis:
   (:meth:`DatoCMSClient._should_retry`); anything that needs a long wait is
   raised for the caller to reschedule;
 * the API token never leaves the ``Authorization`` header: not in exceptions,
-  logs, or ``repr``.
+  logs, ``repr``, or the resources it returns (a server echoing it gets it
+  redacted), and it is only ever sent over https (or to loopback);
+* answers are bounded: at most ``max_response_bytes`` are read, within
+  ``max_call_seconds`` of wall-clock time, and redirects are never followed.
 """
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import logging
 import math
 import random
+import re
 import sys
 import time
 from importlib import metadata
@@ -26,8 +32,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkab
 from urllib.parse import quote, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, MaxRetryError
+from urllib3.exceptions import ClosedPoolError, ConnectTimeoutError, DecodeError, MaxRetryError, ReadTimeoutError
 
 from ..backoff import retry_delay
 from .exceptions import (
@@ -42,9 +49,11 @@ from .exceptions import (
     ProtocolError,
     RateLimited,
     RetryableError,
+    SandboxImmutable,
     ServerError,
     TransientAPIError,
     Unauthorized,
+    UnexpectedServerError,
 )
 from .resources import (
     ApiErrorEntry,
@@ -91,6 +100,31 @@ _REDACTED = "[REDACTED]"
 _NOT_JSON = object()
 _MAX_TEXT = 500
 
+#: Default cap on an answer's size; DatoCMS's answers here are a few kB.
+DEFAULT_MAX_RESPONSE_BYTES = 1 << 20
+#: Default wall-clock budget of one HTTP request, body included.
+DEFAULT_MAX_CALL_SECONDS = 30.0
+# How much one read asks for; with read1 it is an upper bound, not a wait.
+_READ_CHUNK = 64 * 1024
+# Deeper JSON is not a DatoCMS answer; refusing it keeps every later walk
+# (redaction, summaries, storing the resource) far from the recursion limit.
+_MAX_JSON_DEPTH = 64
+# 5xx statuses that mean "a gateway or an overloaded server", which waiting
+# does fix; any other 5xx not flagged transient looks like a fault.
+_GATEWAY_STATUSES = frozenset({502, 503, 504})
+
+# Error codes whose details name the offending field.
+_FIELD_ERROR_CODES = frozenset({"INVALID_FIELD", "INVALID_ATTRIBUTES"})
+# Keys of an api_error's details that name a field (lowercase).
+_FIELD_KEYS = frozenset({
+    "field", "fields", "field_api_key", "attribute", "attributes", "param", "parameter",
+    "parameters", "path", "pointer", "source", "key",
+})
+_PATH_SEPARATORS = re.compile(r"[./\[\]#]+")
+
+# urllib3 2.x has BaseHTTPResponse; 1.x only HTTPResponse.
+_URLLIB3_RESPONSE = getattr(urllib3.response, "BaseHTTPResponse", urllib3.response.HTTPResponse)
+
 
 @runtime_checkable
 class RateLimiter(Protocol):
@@ -98,6 +132,12 @@ class RateLimiter(Protocol):
 
     The client calls :meth:`acquire` before each HTTP request and
     :meth:`penalize` when DatoCMS answers 429.
+
+    Optionally, a limiter may also have ``observe(limit, remaining)``: the
+    client then calls it after every answer (errors and 429s included) with
+    ``X-RateLimit-Limit`` and ``X-RateLimit-Remaining`` as ints, ``None`` for a
+    missing or unusable header, so the budget can follow the server's count.
+    It is not part of this Protocol, so limiters without it still qualify.
     """
 
     def acquire(self) -> None:
@@ -171,6 +211,16 @@ def _parse_reset(raw: str | None) -> float | None:
     return value
 
 
+def _parse_count(raw: str | None) -> int | None:
+    """A whole-number rate-limit header (``X-RateLimit-Limit``/``-Remaining``) or ``None``."""
+    if raw is None:
+        return None
+    raw = raw.strip()
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9:
+        return None
+    return int(raw)
+
+
 def _never_sent(err: BaseException) -> bool:
     """True only when the transport error certainly happened before any byte
     of the request reached the server (DNS failure, connection refused,
@@ -195,6 +245,96 @@ def _never_sent(err: BaseException) -> bool:
     return False
 
 
+def _is_loopback(host: str | None) -> bool:
+    """127.0.0.0/8, ::1 or ``localhost``: traffic that never leaves the machine."""
+    if not host:
+        return False
+    host = host.rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _names_type(value: Any) -> bool:
+    """Whether a details value names the body's ``type`` member: ``"type"``,
+    ``"data.type"``, ``"/data/type"``, ``["type"]``, ``{"pointer": "/data/type"}``...
+    but not ``attributes.type`` (a track attribute we never send) nor any
+    other field."""
+    if isinstance(value, str):
+        segments = [part for part in _PATH_SEPARATORS.split(value.strip().lower()) if part]
+        while segments and segments[0] == "data":
+            segments.pop(0)
+        return segments == ["type"]
+    if isinstance(value, (list, tuple)):
+        return any(_names_type(item) for item in value)
+    if isinstance(value, Mapping):
+        return _details_name_type(value)
+    return False
+
+
+def _details_name_type(details: Mapping[str, Any]) -> bool:
+    for key, value in details.items():
+        if isinstance(key, str) and key.lower() in _FIELD_KEYS and _names_type(value):
+            return True
+        # Nested error lists ({"errors": [{"field": "type"}]}); depth is bounded
+        # by _MAX_JSON_DEPTH.
+        if isinstance(value, Mapping) and _details_name_type(value):
+            return True
+        if isinstance(value, list) and any(isinstance(v, Mapping) and _details_name_type(v) for v in value):
+            return True
+    return False
+
+
+def _points_at_type(entry: ApiErrorEntry, status: int) -> bool:
+    """An api_error refusing the body's JSON:API ``type``."""
+    if entry.code == "INVALID_TYPE":
+        return True
+    return (status == 422 or entry.code in _FIELD_ERROR_CODES) and _details_name_type(entry.details)
+
+
+def _content_length(raw: str | None) -> int | None:
+    try:
+        value = int(raw) if raw is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and value >= 0 else None
+
+
+def _read_some(raw: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of the body, decoded.
+
+    ``read1`` (urllib3 >= 2.3, file objects) makes at most one socket read, so
+    the call budget is checked between reads even against a server that
+    trickles one byte at a time; a plain ``read(size)`` would block until
+    ``size`` bytes arrived.
+    """
+    read = getattr(raw, "read1", None) or raw.read
+    if isinstance(raw, _URLLIB3_RESPONSE):
+        # requests builds its urllib3 response with decode_content=False.
+        return read(size, decode_content=True)
+    return read(size)
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether a parsed JSON value nests containers deeper than ``limit`` (iteratively)."""
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _first_relevant(errors: list[ApiErrorEntry]) -> ApiErrorEntry | None:
     """The entry that decides the class: a transient one if any, else the first."""
     for entry in errors:
@@ -208,10 +348,21 @@ class DatoCMSClient:
 
     Args:
         token: a DatoCMS API token with upload permissions.
-        base_url: API root, ``https://site-api.datocms.com`` by default.
+        base_url: API root, ``https://site-api.datocms.com`` by default.  Must
+            be https unless the host is loopback or ``allow_insecure_http``.
         environment: sandbox environment name (sent as ``X-Environment``);
             ``None`` targets the primary environment.
         timeout: per-request timeout in seconds, or a ``(connect, read)`` pair.
+            requests applies it to each socket operation, not to the call.
+        max_response_bytes: the largest answer read (decoded); a larger one
+            raises :class:`ProtocolError` without being read whole.
+        max_call_seconds: wall-clock budget of one HTTP request, from sending
+            to the end of the body; past it the call raises
+            :class:`NetworkError` (``request_sent=True``).  Checked after the
+            headers and between body reads, so a single read may overrun it
+            by up to the read timeout.
+        allow_insecure_http: accept an ``http://`` base URL to a host that is
+            not loopback (the token would cross the network in clear text).
         session: a ``requests.Session`` to use.  The client closes only a
             session it created itself.
         rate_limiter: a :class:`RateLimiter` shared by the fleet, or ``None``.
@@ -235,6 +386,9 @@ class DatoCMSClient:
         rate_limiter: RateLimiter | None = None,
         max_inline_retries: int = 2,
         max_inline_wait: float = 1.0,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS,
+        allow_insecure_http: bool = False,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -247,6 +401,12 @@ class DatoCMSClient:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
             raise ValueError(f"base_url must be an http(s) URL without query or fragment, got {base_url!r}")
+        if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+            raise ValueError(
+                f"base_url {base_url!r} is plain http: the API token would cross the network unencrypted. "
+                "Use https; http is accepted only for loopback hosts (127.0.0.0/8, ::1, localhost) "
+                "or with allow_insecure_http=True"
+            )
         if environment is not None and (not isinstance(environment, str) or not _header_safe(environment)):
             raise ValueError(f"environment must be a non-empty header-safe string or None, got {environment!r}")
         self._timeout = self._check_timeout(timeout)
@@ -256,6 +416,12 @@ class DatoCMSClient:
             0 <= max_inline_wait < math.inf
         ):
             raise ValueError(f"max_inline_wait must be a finite number >= 0, got {max_inline_wait!r}")
+        if isinstance(max_response_bytes, bool) or not isinstance(max_response_bytes, int) or max_response_bytes < 1:
+            raise ValueError(f"max_response_bytes must be an int >= 1, got {max_response_bytes!r}")
+        if isinstance(max_call_seconds, bool) or not isinstance(max_call_seconds, (int, float)) or not (
+            0 < max_call_seconds < math.inf
+        ):
+            raise ValueError(f"max_call_seconds must be a finite number > 0, got {max_call_seconds!r}")
 
         self._token = token
         self._auth = _BearerAuth(token)
@@ -264,6 +430,8 @@ class DatoCMSClient:
         self._rate_limiter = rate_limiter
         self._max_inline_retries = max_inline_retries
         self._max_inline_wait = float(max_inline_wait)
+        self._max_response_bytes = max_response_bytes
+        self._max_call_seconds = float(max_call_seconds)
         self._sleep = sleep
         self._rng = rng
         self._user_agent = f"subtitle-tasks/{_package_version()}"
@@ -474,6 +642,7 @@ class DatoCMSClient:
             self._rate_limiter.acquire()  # may raise RateLimited
 
         started = time.monotonic()
+        deadline = started + self._max_call_seconds
         failure: DatoCMSError | None = None
         response = None
         try:
@@ -484,10 +653,23 @@ class DatoCMSClient:
                 headers=headers,
                 auth=self._auth,
                 timeout=self._timeout,
+                # A redirect would carry the request (and with a same-host
+                # Location, the token) somewhere we did not choose.
                 allow_redirects=False,
+                # Read the body ourselves, capped in size and time.
+                stream=True,
             )
         except requests.exceptions.RequestException as err:
             failure = self._transport_error(err, method, path)
+        content = b""
+        if response is not None:
+            try:
+                content, failure = self._read_body(response, method, path, deadline)
+            finally:
+                response.close()  # frees the connection, or drops one left half-read
+            # The server counted this request whatever the body held: every
+            # answer's headers feed the shared budget.
+            self._observe(response)
         elapsed = time.monotonic() - started
         if failure is not None:
             # Raised outside the except block on purpose: the requests
@@ -498,19 +680,112 @@ class DatoCMSClient:
         assert response is not None
 
         status = response.status_code
-        request_id = response.headers.get("X-Request-Id") or None
+        request_id = self._request_id(response)
         logger.debug("%s %s -> %s (request id %s) in %.3fs", method, path, status, request_id, elapsed)
 
-        parsed = self._decode(response)
+        # Redacted before anything reads it: a success body becomes resources
+        # that are stored (UploadTrack.resource), an error body exceptions.
+        parsed = self._redact(self._decode(content))
         if 200 <= status < 300:
             if parsed is _NOT_JSON:
                 raise self._protocol_error(method, path, _Answer(status, None, request_id), "success answer is not JSON")
             return _Answer(status, parsed, request_id)
-        raise self._error_from_response(method, path, response, parsed, request_id)
+        raise self._error_from_response(method, path, response, len(content), parsed, request_id)
+
+    def _read_body(
+        self, response: requests.Response, method: str, path: str, deadline: float
+    ) -> tuple[bytes, DatoCMSError | None]:
+        """The whole body, or the failure that stopped reading it.
+
+        Never reads more than ``max_response_bytes`` + 1 bytes (the one that
+        proves the answer too large) nor past the call's deadline.  Failures
+        are returned, not raised, so the caller raises them outside any
+        ``except`` block.
+        """
+        status = response.status_code
+        cap = self._max_response_bytes
+        declared = _content_length(response.headers.get("Content-Length"))
+        if declared is not None and declared > cap:
+            return b"", self._too_large(method, path, response, f"Content-Length {declared}")
+        if time.monotonic() > deadline:
+            return b"", self._call_timed_out(method, path, "waiting for the answer's headers")
+
+        raw = response.raw
+        if raw is None:
+            # An in-memory response (a custom adapter or test double): nothing to stream.
+            content = response.content or b""
+            if len(content) > cap:
+                return b"", self._too_large(method, path, response, f"{len(content)} bytes")
+            return content, None
+
+        chunks: list[bytes] = []
+        size = 0
+        failure: DatoCMSError | None = None
+        try:
+            while True:
+                chunk = _read_some(raw, min(_READ_CHUNK, cap + 1 - size))
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > cap:
+                    return b"", self._too_large(method, path, response, f"more than {cap} bytes")
+                chunks.append(chunk)
+                if time.monotonic() > deadline:
+                    return b"", self._call_timed_out(method, path, f"reading the answer (status {status})")
+        except DecodeError as err:
+            failure = self._protocol_error(
+                method, path, _Answer(status, None, self._request_id(response)),
+                f"answer body could not be decoded ({type(err).__name__})",
+            )
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                OSError, ValueError) as err:
+            # ValueError: reading a file object that was closed under us.
+            failure = self._read_failed(err, method, path, status)
+        if failure is not None:
+            return b"", failure
+        return b"".join(chunks), None
 
     # ------------------------------------------------------------------
     # mapping to exceptions
     # ------------------------------------------------------------------
+
+    def _request_id(self, response: requests.Response) -> str | None:
+        value = response.headers.get("X-Request-Id") or None
+        return self._redact(value)[:_MAX_TEXT] if isinstance(value, str) else None
+
+    def _too_large(self, method: str, path: str, response: requests.Response, seen: str) -> ProtocolError:
+        # Size comes before status: an answer this large is not DatoCMS's,
+        # whatever it claims.
+        return self._protocol_error(
+            method, path, _Answer(response.status_code, None, self._request_id(response)),
+            f"answer exceeds the size cap of {self._max_response_bytes} bytes (max_response_bytes; {seen})",
+        )
+
+    def _call_timed_out(self, method: str, path: str, when: str) -> NetworkError:
+        exc = NetworkError(
+            f"{method} {path}: timed out: call exceeded its {self._max_call_seconds:g}s budget "
+            f"(max_call_seconds) {when}",
+            request_sent=True,
+            details={"exception": "CallBudgetExceeded"},
+            method=method,
+            path=path,
+        )
+        exc.outcome_unknown = self._outcome_unknown(method, exc)
+        return exc
+
+    def _read_failed(self, err: BaseException, method: str, path: str, status: int) -> NetworkError:
+        timed_out = isinstance(err, (ReadTimeoutError, TimeoutError, requests.exceptions.Timeout))
+        what = "timed out reading the answer" if timed_out else "connection failed while reading the answer"
+        text = self._redact(str(err))[:_MAX_TEXT]
+        exc = NetworkError(
+            f"{method} {path}: {what} ({status}; {type(err).__name__}: {text})",
+            request_sent=True,
+            details={"exception": type(err).__name__},
+            method=method,
+            path=path,
+        )
+        exc.outcome_unknown = self._outcome_unknown(method, exc)
+        return exc
 
     def _transport_error(self, err: requests.exceptions.RequestException, method: str, path: str) -> DatoCMSError:
         text = self._redact(str(err))[:_MAX_TEXT]
@@ -539,11 +814,15 @@ class DatoCMSClient:
         return exc
 
     def _error_from_response(
-        self, method: str, path: str, response: requests.Response, parsed: Any, request_id: str | None
+        self, method: str, path: str, response: requests.Response, size: int, parsed: Any, request_id: str | None
     ) -> DatoCMSError:
         status = response.status_code
         errors = parse_api_errors(parsed) if parsed is not _NOT_JSON else []
         entry = _first_relevant(errors)
+        if entry is not None and not entry.transient and 400 <= status < 500 and status not in (401, 403, 404, 429):
+            # A refused body type may hide behind another error of the list;
+            # it is the one a caller can act on (switch type), so it decides.
+            entry = next((e for e in errors if _points_at_type(e, status)), entry)
         code = entry.code if entry else None
         details = self._redact(entry.details) if entry else {}
         request_id = request_id or (entry.id if entry else None)
@@ -551,11 +830,13 @@ class DatoCMSClient:
 
         if parsed is _NOT_JSON:
             content_type = response.headers.get("Content-Type") or "no content type"
-            message = f"{method} {path}: answer is not JSON ({content_type}, {len(response.content)} bytes)"
+            message = f"{method} {path}: answer is not JSON ({content_type}, {size} bytes)"
         elif details:
             message = f"{method} {path} failed: {self._summarize(details)}"
         else:
             message = f"{method} {path} failed ({response.reason or 'no reason given'})"
+        # Headers and the reason phrase are the server's text too.
+        message = self._redact(message)
 
         cls: type[DatoCMSError]
         retry_after = reset
@@ -566,19 +847,21 @@ class DatoCMSClient:
             self._penalize(retry_after)
         elif 300 <= status < 400 or status < 200:
             cls = ProtocolError
-        elif parsed is _NOT_JSON:
-            cls = ServerError
         elif entry is not None and entry.transient:
             cls = TransientAPIError
         elif status >= 500:
-            cls = ServerError
+            cls = ServerError if status in _GATEWAY_STATUSES else UnexpectedServerError
+        elif parsed is _NOT_JSON:
+            cls = ServerError  # a proxy's page in front of DatoCMS, whatever the status
         elif status == 401:
             cls = Unauthorized
+        elif code == SandboxImmutable.API_CODE:
+            cls = SandboxImmutable
         elif status == 403:
             cls = Forbidden
         elif status == 404:
             cls = NotFound
-        elif code == "INVALID_TYPE":
+        elif entry is not None and _points_at_type(entry, status):
             cls = InvalidType
         else:
             cls = InvalidRequest
@@ -630,6 +913,19 @@ class DatoCMSClient:
     # helpers
     # ------------------------------------------------------------------
 
+    def _observe(self, response: requests.Response) -> None:
+        observe = getattr(self._rate_limiter, "observe", None)
+        if observe is None:
+            return
+        limit = _parse_count(response.headers.get("X-RateLimit-Limit"))
+        remaining = _parse_count(response.headers.get("X-RateLimit-Remaining"))
+        if limit is None and remaining is None:
+            return
+        try:
+            observe(limit, remaining)
+        except Exception:  # advisory: a broken limiter must not hide the answer
+            logger.warning("rate limiter observe(%s, %s) failed", limit, remaining, exc_info=True)
+
     def _penalize(self, seconds: float) -> None:
         if self._rate_limiter is None:
             return
@@ -639,17 +935,20 @@ class DatoCMSClient:
             logger.warning("rate limiter penalize(%s) failed", seconds, exc_info=True)
 
     @staticmethod
-    def _decode(response: requests.Response) -> Any:
-        content = response.content
+    def _decode(content: bytes) -> Any:
         if not content or not content.strip():
             return _NOT_JSON
         try:
-            return json.loads(content)
+            value = json.loads(content)
         except (ValueError, RecursionError):
             return _NOT_JSON
+        return _NOT_JSON if _too_deep(value, _MAX_JSON_DEPTH) else value
 
     def _redact(self, value: Any) -> Any:
-        """``value`` with every occurrence of the token replaced."""
+        """``value`` with every occurrence of the token replaced (keys included).
+
+        Recursive: callers pass only JSON that ``_decode`` bounded in depth.
+        """
         if isinstance(value, str):
             return value.replace(self._token, _REDACTED) if self._token in value else value
         if isinstance(value, Mapping):

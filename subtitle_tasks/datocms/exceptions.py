@@ -9,12 +9,14 @@ human what happened.
     ├── RetryableError            try the same call again later
     │   ├── RateLimited           429 (or the shared limiter's quota is spent)
     │   ├── ServerError           5xx, or an answer that is not DatoCMS JSON
-    │   │   └── ProtocolError     a 2xx (or 3xx) whose body we cannot understand
+    │   │   └── UnexpectedServerError   the server looks broken, not busy: bound retries
+    │   │       └── ProtocolError       a 2xx (or 3xx) we cannot understand or that is too large
     │   ├── TransientAPIError     an api_error flagged ``transient: true``
     │   └── NetworkError          connect error, timeout, dropped connection
     ├── PermanentError            the same call will fail the same way
     │   ├── InvalidRequest        400 / 422 / other 4xx: fix the input
-    │   │   └── InvalidType       422 INVALID_TYPE: the body ``type`` was refused
+    │   │   ├── InvalidType       422 INVALID_TYPE (or a field error on ``type``)
+    │   │   └── SandboxImmutable  422 IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT
     │   ├── Unauthorized          401
     │   ├── Forbidden             403
     │   └── NotFound              404
@@ -40,12 +42,14 @@ __all__ = [
     "RetryableError",
     "RateLimited",
     "ServerError",
+    "UnexpectedServerError",
     "ProtocolError",
     "TransientAPIError",
     "NetworkError",
     "PermanentError",
     "InvalidRequest",
     "InvalidType",
+    "SandboxImmutable",
     "Unauthorized",
     "Forbidden",
     "NotFound",
@@ -139,8 +143,20 @@ class ServerError(RetryableError):
     (typically an HTML page from a gateway or load balancer)."""
 
 
-class ProtocolError(ServerError):
-    """A success (2xx) or redirect (3xx) answer we cannot understand.
+class UnexpectedServerError(ServerError):
+    """A server failure that looks like a fault rather than load.
+
+    A 500, 501 or 505+ not flagged ``transient`` (502/503/504 are gateways
+    and overload, which pass), or a :class:`ProtocolError`.  Retryable, since
+    a deploy or a flaky node may fix it, but waiting rarely does: a caller
+    should give up after a bounded number of these in a row instead of
+    retrying until its deadline.
+    """
+
+
+class ProtocolError(UnexpectedServerError):
+    """A success (2xx) or redirect (3xx) answer we cannot understand, or an
+    answer larger than the client's ``max_response_bytes``.
 
     Most likely a proxy, gateway or captive portal answered instead of
     DatoCMS, so it is retryable like any server error.  A POST that gets one
@@ -182,12 +198,21 @@ class InvalidRequest(PermanentError):
 
 
 class InvalidType(InvalidRequest):
-    """``INVALID_TYPE``: the JSON:API ``type`` of the body was refused.
+    """The JSON:API ``type`` of the body was refused: ``INVALID_TYPE``, or a
+    422 field/attribute error whose ``details`` name ``type``.
 
     The generate-subtitles endpoint is experimental and its expected body
     type has changed before (``upload_track`` vs ``subtitles_generation``);
     a caller may retry once with the other type.
     """
+
+
+class SandboxImmutable(InvalidRequest):
+    """``IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT``: the target sandbox
+    environment does not allow changing upload tracks.  Only targeting
+    another environment (or the primary one) can help."""
+
+    API_CODE = "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT"
 
 
 class Unauthorized(PermanentError):

@@ -30,6 +30,28 @@ class MalformedResource(ValueError):
     """A JSON:API object does not have the shape this package relies on."""
 
 
+def _show(value: Any) -> str:
+    """A short ``repr`` for messages, whatever the value (a parser must not fail
+    while describing what it refuses: ``repr`` of a huge int raises)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _id_text(value: Any) -> str | None:
+    """A JSON:API id as text (strings; integers tolerated), else None."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return str(value)
+        except ValueError:  # past int-to-str digit limits: no id anyone issued
+            return None
+    return None
+
+
 def _require_mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise MalformedResource(f"{what} must be an object, got {type(value).__name__}")
@@ -38,15 +60,16 @@ def _require_mapping(value: Any, what: str) -> Mapping[str, Any]:
 
 def _require_id(value: Any, what: str) -> str:
     # JSON:API ids are strings; tolerate integers, refuse anything else.
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-        raise MalformedResource(f"{what} must be a non-empty string, got {value!r}")
-    return str(value)
+    text = _id_text(value)
+    if text is None:
+        raise MalformedResource(f"{what} must be a non-empty string, got {_show(value)}")
+    return text
 
 
 def _optional_str(attrs: Mapping[str, Any], key: str, what: str) -> str | None:
     value = attrs.get(key)
     if value is not None and not isinstance(value, str):
-        raise MalformedResource(f"{what}.{key} must be a string or null, got {value!r}")
+        raise MalformedResource(f"{what}.{key} must be a string or null, got {_show(value)}")
     return value
 
 
@@ -90,7 +113,7 @@ def parse_api_errors(body: Any) -> list[ApiErrorEntry]:
         raw_id = item.get("id")
         entries.append(
             ApiErrorEntry(
-                id=str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and raw_id != "" else None,
+                id=_id_text(raw_id),
                 code=code if isinstance(code, str) and code else None,
                 transient=attrs.get("transient") is True,
                 details=dict(details) if isinstance(details, Mapping) else {},
@@ -149,20 +172,20 @@ class UploadTrack:
         """
         obj = _require_mapping(obj, "upload_track")
         if obj.get("type") != "upload_track":
-            raise MalformedResource(f"expected type 'upload_track', got {obj.get('type')!r}")
+            raise MalformedResource(f"expected type 'upload_track', got {_show(obj.get('type'))}")
         track_id = _require_id(obj.get("id"), "upload_track.id")
         attrs = _require_mapping(obj.get("attributes"), "upload_track.attributes")
 
         status = attrs.get("status")
         if not isinstance(status, str) or not status:
-            raise MalformedResource(f"upload_track.attributes.status must be a string, got {status!r}")
+            raise MalformedResource(f"upload_track.attributes.status must be a string, got {_show(status)}")
         track_type = attrs.get("type")
         if not isinstance(track_type, str) or not track_type:
-            raise MalformedResource(f"upload_track.attributes.type must be a string, got {track_type!r}")
+            raise MalformedResource(f"upload_track.attributes.type must be a string, got {_show(track_type)}")
         closed_captions = attrs.get("closed_captions")
         if closed_captions is not None and not isinstance(closed_captions, bool):
             raise MalformedResource(
-                f"upload_track.attributes.closed_captions must be a boolean or null, got {closed_captions!r}"
+                f"upload_track.attributes.closed_captions must be a boolean or null, got {_show(closed_captions)}"
             )
 
         related = upload_id
@@ -229,10 +252,10 @@ def parse_job_result(body: Any) -> JobResult:
     body = _require_mapping(body, "job result document")
     data = _require_mapping(body.get("data"), "job result data")
     if data.get("type") != "job_result":
-        raise MalformedResource(f"expected type 'job_result', got {data.get('type')!r}")
+        raise MalformedResource(f"expected type 'job_result', got {_show(data.get('type'))}")
     job_id = _require_id(data.get("id"), "job_result.id")
     attrs = _require_mapping(data.get("attributes"), "job_result.attributes")
     status = attrs.get("status")
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        raise MalformedResource(f"job_result.attributes.status must be an HTTP status, got {status!r}")
+        raise MalformedResource(f"job_result.attributes.status must be an HTTP status, got {_show(status)}")
     return JobResult(id=job_id, status=status, payload=attrs.get("payload"))

@@ -37,6 +37,15 @@ prefix          kind          behaviour
 An explicit ``set_upload`` wins over the prefix. Upload kinds are shared by
 all environments; tracks are kept per (environment, upload).
 
+Environments
+------------
+``config.environments`` (None: any) lists the ``X-Environment`` names that
+exist; others get 422 ``INVALID_ENVIRONMENT``. ``config.immutable_environments``
+(empty by default) lists sandboxes whose upload tracks cannot be changed: a
+generate-subtitles POST naming one answers 422
+``IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT`` (after the upload and body
+checks) and creates nothing; reading job results and track lists still works.
+
 Timing
 ------
 A job finishes ``job_seconds`` after its POST was accepted. Its track then
@@ -68,12 +77,21 @@ for each API request, before any other handling, from
 * ``transient``  409 ``ENVIRONMENT_NOT_READY``, ``transient: true`` (a 4xx on
                  purpose: only the ``transient`` flag says it may be retried)
 * ``rate_429``   429 ``RATE_LIMIT_EXCEEDED`` from "platform load", reset 1 s
+* ``huge_body``  200 with a JSON document of ``HUGE_BODY_BYTES`` (5 MiB) of
+                 padding, which a careful client refuses to read whole
+* ``redirect``   302 to the same path on ``REDIRECT_HOST`` (another host,
+                 which never resolves); a client must not follow it
 * ``drop_after_commit``  POST generate-subtitles only: the job is created
                  normally, then the connection is closed without the 202
+* ``echo_token`` job results and track lists only: every track in a 200
+                 answer is named ``"echo: Bearer <the request's token>"``, as a
+                 careless server echoing credentials would (nothing else changes)
 
 ``slow`` is drawn on its own and combines with the others: the answer (or
 the drop) comes ``slow_seconds`` late. A faulted request never creates a job,
-except with ``drop_after_commit``.
+except with ``drop_after_commit``. ``drop_after_commit`` and ``echo_token``
+alter an answer that was handled normally; they are recorded only when they
+changed something.
 
 Control endpoints (no auth, no rate limit, no faults, not in the request log)
 -----------------------------------------------------------------------------
@@ -124,8 +142,10 @@ __all__ = [
 BODY_TYPES = ("upload_track", "subtitles_generation")
 
 # Order matters: it is the order faults are drawn in, and the first hit wins.
-EXCLUSIVE_FAULTS = ("drop", "html_502", "http_500", "http_503", "transient", "rate_429")
-FAULT_NAMES = (*EXCLUSIVE_FAULTS, "slow", "drop_after_commit")
+EXCLUSIVE_FAULTS = ("drop", "html_502", "http_500", "http_503", "transient", "rate_429", "huge_body", "redirect")
+FAULT_NAMES = (*EXCLUSIVE_FAULTS, "slow", "drop_after_commit", "echo_token")
+# Routes whose 200 answers hold upload_track resources (what echo_token alters).
+TRACK_ROUTES = ("job_result", "upload_tracks")
 
 UPLOAD_KINDS = (
     "video", "missing", "not-video", "no-audio", "mux-error", "errored", "stuck", "slow",
@@ -137,6 +157,11 @@ ERRORED_TRACK_MESSAGE = "Subtitles could not be generated for this asset (simula
 DOC_URL = "https://www.datocms.com/docs/content-management-api/errors"
 ACCEPTED_CONTENT_TYPES = ("application/vnd.api+json", "application/json")
 MAX_BODY_BYTES = 1 << 20
+# Size of the huge_body fault's answer: well past any sane client cap.
+HUGE_BODY_BYTES = 5 << 20
+# Where the redirect fault points: another host (.invalid never resolves).
+REDIRECT_HOST = "https://elsewhere.invalid"
+SANDBOX_IMMUTABLE = "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT"
 # Bounded so a long benchmark cannot grow the log without limit.
 MAX_LOGGED_REQUESTS = 200_000
 # Idle keep-alive connections are closed after this long.
@@ -175,6 +200,7 @@ class SimulatorConfig:
     token: str | None = None          # None: any non-empty bearer token is accepted
     insist_type: str | None = None    # None: both BODY_TYPES are accepted
     environments: frozenset[str] | None = None  # None: any X-Environment is accepted
+    immutable_environments: frozenset[str] = frozenset()  # sandboxes whose tracks cannot change
     faults: dict[str, float] = field(default_factory=_no_faults)  # name -> probability
     slow_seconds: float = 2.0         # delay added by the "slow" fault
     seed: int | None = None           # seeds the fault draws
@@ -192,6 +218,7 @@ class SimulatorConfig:
             raise ValueError(f"insist_type must be None or one of {BODY_TYPES}")
         if self.environments is not None:
             self.environments = _environment_set(self.environments)
+        self.immutable_environments = _environment_set(self.immutable_environments or ())
         self.faults = _complete_faults(self.faults)
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError("seed must be an integer or None")
@@ -204,6 +231,7 @@ class SimulatorConfig:
         view = dataclasses.asdict(self)
         view["token"] = None if self.token is None else "<set>"
         view["environments"] = None if self.environments is None else sorted(self.environments)
+        view["immutable_environments"] = sorted(self.immutable_environments)
         return view
 
 
@@ -626,39 +654,44 @@ class Simulator:
 
     def _serve_api(self, request: _Request) -> _Reply:
         route, path_id = _match_api_route(request.method, request.path)
-        fault, slow = self._draw_faults(creates_job=route == "generate_subtitles")
+        fault, slow = self._draw_faults(route)
         if slow:
             time.sleep(self._config.slow_seconds)
         if fault in EXCLUSIVE_FAULTS:
-            reply = self._fault_reply(fault)
+            reply = self._fault_reply(fault, request)
         else:
             reply = self._handle_api(request, route, path_id)
             if fault == "drop_after_commit" and reply.status == 202:
                 reply.drop = True
             elif fault == "drop_after_commit":
                 fault = None  # nothing was committed, so nothing to lose
+            elif fault == "echo_token" and not _echo_token(reply, _bearer_token(request.header("Authorization"))):
+                fault = None  # no track in the answer to carry the token
         recorded_fault = fault or ("slow" if slow else None)
         self._add_rate_headers(reply, request)
         self._record(request, route, reply, recorded_fault)
         return reply
 
-    def _draw_faults(self, creates_job: bool) -> tuple[str | None, bool]:
-        """Pick at most one exclusive fault, and whether to answer slowly."""
+    def _draw_faults(self, route: str) -> tuple[str | None, bool]:
+        """Pick at most one fault (exclusive, else one that alters the answer), and
+        whether to answer slowly."""
         with self._lock:
             faults = self._config.faults
             slow = self._hits(faults["slow"])
             for name in EXCLUSIVE_FAULTS:
                 if self._hits(faults[name]):
                     return name, slow
-            if creates_job and self._hits(faults["drop_after_commit"]):
+            if route == "generate_subtitles" and self._hits(faults["drop_after_commit"]):
                 return "drop_after_commit", slow
+            if route in TRACK_ROUTES and self._hits(faults["echo_token"]):
+                return "echo_token", slow
             return None, slow
 
     def _hits(self, probability: float) -> bool:
         # Probability 0 draws nothing, so turning a fault on does not shift the others' draws.
         return probability > 0 and self._random.random() < probability
 
-    def _fault_reply(self, fault: str) -> _Reply:
+    def _fault_reply(self, fault: str, request: _Request) -> _Reply:
         if fault == "drop":
             return _Reply(status=0, drop=True)
         if fault == "html_502":
@@ -669,6 +702,11 @@ class Simulator:
             return _error_reply(503, "SERVICE_UNAVAILABLE", transient=True)
         if fault == "transient":
             return _error_reply(409, "ENVIRONMENT_NOT_READY", transient=True)
+        if fault == "huge_body":
+            return _Reply(status=200, body=_huge_document())
+        if fault == "redirect":
+            return _Reply(status=302, content_type="text/plain",
+                          headers={"Location": REDIRECT_HOST + request.path})
         reply = _error_reply(429, "RATE_LIMIT_EXCEEDED", {"reason": "platform_load"})
         reply.headers["X-RateLimit-Reset"] = "1"
         return reply
@@ -733,6 +771,9 @@ class Simulator:
         attributes_or_error = self._parse_generate_body(request)
         if isinstance(attributes_or_error, _Reply):
             return attributes_or_error
+        environment = request.header("X-Environment")
+        if environment is not None and environment in self._config.immutable_environments:
+            return _error_reply(422, SANDBOX_IMMUTABLE, {"environment": environment})
         if kind == "not-video":
             return _error_reply(422, "NOT_A_VIDEO", {"upload_id": upload_id})
         language_code, name = attributes_or_error
@@ -887,6 +928,29 @@ def _track_resource(job: _Job, status: str) -> dict[str, Any]:
     }
 
 
+def _echo_token(reply: _Reply, token: str | None) -> bool:
+    """Name every track of a 200 answer after the bearer token; whether any was."""
+    if reply.status != 200 or not token:
+        return False
+    document = json.loads(reply.body)
+    data = document.get("data")
+    if isinstance(data, dict) and data.get("type") == "job_result":
+        payload = data["attributes"].get("payload") or {}
+        data = payload.get("data")
+    tracks = [item for item in (data if isinstance(data, list) else [data])
+              if isinstance(item, dict) and item.get("type") == "upload_track"]
+    for track in tracks:
+        track["attributes"]["name"] = f"echo: Bearer {token}"
+    if tracks:
+        reply.body = json.dumps(document, separators=(",", ":")).encode()
+    return bool(tracks)
+
+
+def _huge_document() -> bytes:
+    padding = HUGE_BODY_BYTES - len(b'{"data":null,"meta":{"padding":""}}')
+    return b'{"data":null,"meta":{"padding":"' + b"x" * padding + b'"}}'
+
+
 def _job_outcome(job: _Job) -> tuple[int, dict[str, Any]]:
     """The (status, payload) a finished job reports: a snapshot taken when it finished."""
     if job.kind == "no-audio":
@@ -909,8 +973,9 @@ def _config_fields_from_json(document: dict[str, Any]) -> dict[str, Any]:
     fields = dict(document)
     if "token" in fields:
         raise ValueError("the token cannot be changed over HTTP")
-    if fields.get("environments") is not None:
-        fields["environments"] = frozenset(fields["environments"])
+    for name in ("environments", "immutable_environments"):
+        if isinstance(fields.get(name), list):
+            fields[name] = frozenset(fields[name])
     return fields
 
 
@@ -1027,7 +1092,11 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in reply.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(reply.body)
+        try:
+            self.wfile.write(reply.body)
+        except (BrokenPipeError, ConnectionResetError):
+            # A client that stops reading (a huge_body cap) hangs up mid-answer.
+            self.close_connection = True
 
 
 # --------------------------------------------------------------------------- CLI
@@ -1057,6 +1126,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate-limit", type=int, default=defaults.rate_limit)
     parser.add_argument("--rate-window", type=float, default=defaults.rate_window)
     parser.add_argument("--insist-type", choices=BODY_TYPES, default=None)
+    parser.add_argument("--immutable-environment", action="append", default=[], metavar="NAME",
+                        help="repeatable; POSTs naming this sandbox answer 422 " + SANDBOX_IMMUTABLE)
     parser.add_argument("--fault", type=_fault_argument, action="append", default=[],
                         metavar="NAME=PROB", help=f"repeatable; names: {', '.join(FAULT_NAMES)}")
     parser.add_argument("--seed", type=int, default=None)
@@ -1071,6 +1142,7 @@ def main(argv: list[str] | None = None) -> int:
             job_seconds=args.job_seconds, preparing_seconds=args.preparing_seconds,
             rate_limit=args.rate_limit, rate_window=args.rate_window, token=args.token,
             insist_type=args.insist_type, faults=dict(args.fault), seed=args.seed,
+            immutable_environments=frozenset(args.immutable_environment),
         )
     except ValueError as error:
         parser.error(str(error))
