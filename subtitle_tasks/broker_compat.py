@@ -11,19 +11,94 @@ kombu already treats as "connection gone". The messages stay in kombu's unacked 
 and are restored after the visibility timeout; this package's own steps come back
 sooner, after one lease. tests/test_resilience.py::test_redis_restart_mid_run is the
 proof that it is still needed and still enough.
+
+The patch wraps a private method, so it is applied only where it was tested:
+kombu in ``TESTED_KOMBU`` and ``Channel._connparams`` still shaped
+``(self, asynchronous=False)``. Anywhere else it is left out, with a warning: the worker
+then behaves as stock kombu does. To move to a newer kombu, run
+tests/test_broker_compat.py against it and widen the range.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import re
+
+log = logging.getLogger("subtitle_tasks.broker_compat")
+
 _MARK = "_subtitle_tasks_guarded"
+
+# kombu versions the guard was tested on: (inclusive lower, exclusive upper).
+TESTED_KOMBU: tuple[tuple[int, ...], tuple[int, ...]] = ((5, 7), (5, 8))
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string: "5.7.0rc1" -> (5, 7, 0)."""
+    parts = []
+    for piece in str(text).split("."):
+        match = re.match(r"\d+", piece)
+        if match is None:
+            break
+        parts.append(int(match.group()))
+        if match.end() != len(piece):
+            break
+    return tuple(parts)
+
+
+def kombu_version() -> tuple[int, ...]:
+    """The installed kombu's release, read from ``kombu.__version__`` at call time."""
+    import kombu
+
+    return parse_version(getattr(kombu, "__version__", ""))
+
+
+def in_range(version: tuple[int, ...], bounds: tuple[tuple[int, ...], tuple[int, ...]]) -> bool:
+    """``low <= version < high``; an unparseable (empty) version is never in range."""
+    low, high = bounds
+    return bool(version) and low <= version < high
+
+
+def describe_range(bounds: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
+    low, high = bounds
+    return f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
+
+
+def _refusal(original) -> str | None:
+    """Why the guard must not wrap ``original`` (kombu's ``_connparams``), or None."""
+    import kombu
+
+    if not in_range(kombu_version(), TESTED_KOMBU):
+        return (f"kombu {getattr(kombu, '__version__', 'unknown')} is outside the tested range "
+                f"{describe_range(TESTED_KOMBU)}")
+    try:
+        params = list(inspect.signature(original).parameters.values())
+    except (TypeError, ValueError):
+        return "Channel._connparams has no inspectable signature"
+    shape = [(p.name, p.kind, p.default) for p in params]
+    expected = [("self", inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.empty),
+                ("asynchronous", inspect.Parameter.POSITIONAL_OR_KEYWORD, False)]
+    if shape != expected:
+        return f"Channel._connparams{inspect.signature(original)} is not (self, asynchronous=False)"
+    return None
 
 
 def guard_redis_channel_after_collect() -> bool:
-    """Install the guard (idempotent). Returns True when it was installed now."""
+    """Install the guard (idempotent). True when it was installed now.
+
+    False when it was already installed, or when it is refused (kombu outside
+    ``TESTED_KOMBU`` or ``_connparams`` changed shape): then nothing is patched and a
+    warning says why.
+    """
     from kombu.transport import redis as kombu_redis
 
     original = kombu_redis.Channel._connparams
     if getattr(original, _MARK, False):
+        return False
+    refusal = _refusal(original)
+    if refusal is not None:
+        log.warning("subtitle_tasks: the Redis broker-restart guard was NOT installed: %s. Workers keep "
+                    "stock kombu behaviour (one may exit on a broker restart and be restarted).", refusal)
         return False
 
     def _connparams(self, asynchronous=False):

@@ -57,3 +57,53 @@ def test_with_the_guard_closing_is_clean_and_the_message_is_kept(redis_server):
 def test_the_guard_installs_once():
     guard_redis_channel_after_collect()
     assert guard_redis_channel_after_collect() is False
+
+
+# -- the version and shape gate ----------------------------------------------------------
+
+
+@pytest.fixture
+def stock_connparams(monkeypatch):
+    """kombu's own _connparams in place (restored, guarded or not, after the test)."""
+    current = kombu_redis.Channel._connparams
+    stock = getattr(current, "__wrapped__", current)
+    monkeypatch.setattr(kombu_redis.Channel, "_connparams", stock)
+    return stock
+
+
+def test_the_guard_installs_on_this_kombu(stock_connparams):
+    from subtitle_tasks.broker_compat import TESTED_KOMBU, in_range, kombu_version
+
+    assert in_range(kombu_version(), TESTED_KOMBU)
+    assert guard_redis_channel_after_collect() is True
+    assert kombu_redis.Channel._connparams.__wrapped__ is stock_connparams
+
+
+@pytest.mark.parametrize("version", ["5.6.2", "5.8.0", "6.0.0", "unknown"])
+def test_the_guard_refuses_a_kombu_outside_the_tested_range(stock_connparams, monkeypatch, caplog, version):
+    import kombu
+
+    monkeypatch.setattr(kombu, "__version__", version)
+    with caplog.at_level("WARNING", logger="subtitle_tasks.broker_compat"):
+        assert guard_redis_channel_after_collect() is False
+    assert kombu_redis.Channel._connparams is stock_connparams
+    assert "NOT installed" in caplog.text and version in caplog.text and ">=5.7,<5.8" in caplog.text
+
+
+@pytest.mark.parametrize("shape", ["extra-parameter", "other-default", "keyword-only"])
+def test_the_guard_refuses_a_changed_connparams(monkeypatch, caplog, shape):
+    def extra(self, asynchronous=False, credential_provider=None):
+        return {}
+
+    def other_default(self, asynchronous=True):
+        return {}
+
+    def keyword_only(self, *, asynchronous=False):
+        return {}
+
+    changed = {"extra-parameter": extra, "other-default": other_default, "keyword-only": keyword_only}[shape]
+    monkeypatch.setattr(kombu_redis.Channel, "_connparams", changed)
+    with caplog.at_level("WARNING", logger="subtitle_tasks.broker_compat"):
+        assert guard_redis_channel_after_collect() is False
+    assert kombu_redis.Channel._connparams is changed
+    assert "not (self, asynchronous=False)" in caplog.text

@@ -14,7 +14,8 @@ import redis
 from celery import Celery
 
 from subtitle_tasks.callbacks import Notifier
-from subtitle_tasks.handoff import Handoff, handoff
+from subtitle_tasks import handoff as handoff_module
+from subtitle_tasks.handoff import Handoff, HandoffUnsupported, NotTransactional, capture_support, handoff
 from subtitle_tasks.local_redis import LocalRedis
 from subtitle_tasks.state import FINISHING, BrokerWrites, OUTCOME_ERROR, OUTCOME_READY, READY, RedisStore
 
@@ -180,3 +181,119 @@ def test_a_real_worker_runs_what_settle_queued_once(harness):
     assert call["task_id"] == f"{rid}-ready-0"
     assert call["payload"] == {"id": "track-1"}
     store.client.close()
+
+
+# -- fail closed: which kombu may capture, and what happens when it may not --------------
+
+
+@pytest.fixture
+def fresh_support(monkeypatch):
+    """capture_support() decides once per process: forget that decision around the test."""
+    capture_support.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    capture_support.cache_clear()
+
+
+def test_this_kombu_can_capture(fresh_support):
+    from subtitle_tasks.broker_compat import in_range, kombu_version
+
+    assert in_range(kombu_version(), handoff_module.TESTED_KOMBU)  # what pyproject.toml installs
+    support = capture_support()
+    assert support.supported, support.problem
+
+
+@pytest.mark.parametrize("version", ["5.6.3", "5.8.0", "6.0.0", "not-a-version"])
+def test_the_version_gate_refuses_kombu_outside_the_tested_range(setup, fresh_support, version):
+    import kombu
+
+    fresh_support.setattr(kombu, "__version__", version)
+    support = capture_support()
+    assert not support.supported
+    assert version in support.problem and ">=5.7,<5.8" in support.problem
+
+    app, store, _ = setup(db=2)  # the broker shares the state's server
+    with app.producer_or_acquire() as producer:
+        with pytest.raises(HandoffUnsupported, match=r"kombu >=5\.7,<5\.8 \(installed: " + version):
+            Handoff().broker_db(producer, store)
+        with pytest.raises(HandoffUnsupported):
+            Handoff.capture(producer, 0, lambda p: None)
+
+
+def test_the_decision_is_kept_and_raised_again(setup, fresh_support):
+    import kombu
+
+    fresh_support.setattr(kombu, "__version__", "5.8.1")
+    app, store, _ = setup()
+    decider = Handoff()
+    with app.producer_or_acquire() as producer:
+        for _ in range(2):
+            with pytest.raises(HandoffUnsupported, match="5.8.1"):
+                decider.broker_db(producer, store)
+
+
+def test_a_channel_without_the_hook_refuses(setup, fresh_support):
+    from kombu.transport.redis import Channel
+
+    fresh_support.delattr(Channel, "create_publish_batch")
+    assert "create_publish_batch is missing" in capture_support(Channel).problem
+    app, store, queue = setup()
+    with app.producer_or_acquire() as producer:
+        with pytest.raises(HandoffUnsupported, match="create_publish_batch"):
+            Handoff().broker_db(producer, store)
+    assert store.client.llen(queue) == 0
+
+
+def test_a_channel_whose_put_ignores_the_batch_refuses():
+    """kwargs still accepted but the batch ignored would publish for real: refused."""
+    from kombu.transport.redis import Channel
+
+    class Ignoring(Channel):
+        def _put(self, queue, message, **kwargs):
+            kwargs.pop("batch", None)
+            return super()._put(queue, message)
+
+    class Reshaped(Channel):
+        def create_publish_batch(self, max_size, pipeline):
+            return super().create_publish_batch(max_size)
+
+    assert "_put ignores _publish_batch" in capture_support(Ignoring).problem
+    assert "create_publish_batch has parameters" in capture_support(Reshaped).problem
+
+
+def test_a_broker_elsewhere_is_published_then_settled_even_without_capture(setup, fresh_support):
+    import kombu
+
+    fresh_support.setattr(kombu, "__version__", "5.9.0")
+    with LocalRedis() as other:
+        app, store, _ = setup(broker_url=other.url)
+        with app.producer_or_acquire() as producer:
+            assert Handoff().broker_db(producer, store) is None
+        app.close()
+
+
+def test_an_empty_capture_raises_not_transactional(setup, redis_server):
+    app, store, queue = setup()
+    broker = redis.Redis.from_url(redis_server.url)
+    with app.producer_or_acquire() as producer:
+        db = Handoff().broker_db(producer, store)
+        assert db == 0
+        with pytest.raises(NotTransactional, match="recorded no message"):
+            Handoff.capture(producer, db, lambda p: None)
+    assert broker.llen(queue) == 0
+    broker.close()
+
+
+def test_an_outage_while_comparing_is_not_taken_for_separate_systems(setup, monkeypatch):
+    app, store, _ = setup()
+    decider = Handoff()
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("state Redis unreachable")
+
+    with app.producer_or_acquire() as producer:
+        monkeypatch.setattr(store.client, "info", down)
+        with pytest.raises(redis.ConnectionError):
+            decider.broker_db(producer, store)
+        monkeypatch.undo()
+        assert decider.broker_db(producer, store) == 0  # decided once the server answers
