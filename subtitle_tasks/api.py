@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
+import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -11,12 +14,21 @@ from typing import Any
 import redis
 
 from . import validation
-from .callbacks import error_payload, normalize
-from .errors import ErrorCode, StateUnavailable, UnknownRequest
-from .runtime import get_runtime
+from .callbacks import encoded_size, error_payload, normalize
+from .errors import (
+    ErrorCode, IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, StateUnavailable,
+    UnknownRequest,
+)
+from .runtime import attached, runtime_for
 from .state import DONE, OUTCOME_ERROR, OUTCOME_READY, WAITING
 
 log = logging.getLogger("subtitle_tasks")
+
+
+def _current_app() -> Any:
+    from celery import current_app
+
+    return current_app._get_current_object()
 
 
 def new_id() -> str:
@@ -24,15 +36,28 @@ def new_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+# Redis could not be reached, or could not take a write now: nothing was written and a
+# retry may succeed. Any other Redis error is a refusal (StateError).
+_UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
+
+
 def _state_errors_as_unavailable(fn):
-    """Redis trouble reaches the web app as one clear, retryable exception."""
+    """Redis trouble reaches the web app as one clear exception whose class says what to do."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except _UNREACHABLE as exc:
+            raise StateUnavailable(f"request state store unreachable ({type(exc).__name__})") from None
         except redis.exceptions.RedisError as exc:
-            raise StateUnavailable(f"request state store unreachable ({type(exc).__name__}: {exc})") from None
+            raise StateError(f"request state store refused the call ({type(exc).__name__}: {str(exc)[:300]})") from None
     return wrapper
+
+
+def fingerprint(**params: Any) -> str:
+    """A short digest of a request's parameters: the same request id must mean the same ask."""
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"))
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()[:12]).decode()
 
 
 @dataclass(frozen=True)
@@ -53,37 +78,64 @@ class RequestHandle:
 @_state_errors_as_unavailable
 def request_subtitles(upload_id: str, language_code: str, *, name: str | None = None,
                       on_ready: Any = None, on_error: Any = None, deadline: float | None = None,
-                      request_id: str | None = None, check_language: bool = True) -> RequestHandle:
+                      request_id: str | None = None, check_language: bool = True,
+                      site: str | None = None, app: Any = None) -> RequestHandle:
     """Ask for a subtitles track; returns at once.
 
-    Raises InvalidSubtitleRequest on bad input and StateUnavailable when Redis is
-    unreachable; in both cases nothing was written.
+    Raises InvalidSubtitleRequest (or its subclasses IdempotencyConflict and
+    JoinLimitReached) on input that cannot be accepted, StateUnavailable when Redis
+    is unreachable (retry) and StateError when it refused; in every case nothing was
+    written.
 
     ``on_ready`` signatures get the ready ``upload_track`` resource as first argument,
     ``on_error`` signatures an error dict (see errors.py); exactly one kind fires, once.
-    ``request_id`` makes the call idempotent: the same id again returns the same request.
+    ``request_id`` makes the call idempotent: the same id with the same parameters
+    returns the same request; with other parameters it raises IdempotencyConflict.
+    ``site``: the alias of a configured site (SUBTITLE_TASKS_SITES); None for the one
+    DATOCMS_API_TOKEN describes. No token is needed here: only workers read tokens.
+    ``app``: the Celery app whose settings apply, when init_app wired several
+    (``runtime.runtime_for`` says which one is used without it).
     """
-    runtime = get_runtime()
+    runtime = runtime_for(app)
     settings = runtime.settings
+    target = validation.site(site, runtime.sites)
     upload_id = validation.upload_id(upload_id)
     language_code = validation.language_code(language_code, check_supported=check_language)
     name = validation.track_name(name)
     ttl = validation.deadline(deadline, settings.deadline)
     rid = validation.request_id(request_id) or new_id()
+    ready = normalize("on_ready", on_ready, key_prefix=settings.key_prefix)
+    error = normalize("on_error", on_error, key_prefix=settings.key_prefix)
+    size = encoded_size(ready, error)
+    if size > settings.max_callback_bytes:
+        raise InvalidSubtitleRequest(
+            "on_ready" if encoded_size(ready) >= encoded_size(error) else "on_error",
+            f"callbacks take {size} bytes as JSON, over the {settings.max_callback_bytes} allowed "
+            "(SUBTITLE_TASKS_MAX_CALLBACK_BYTES): pass ids your task can look up, not payloads")
     created = runtime.store.create_request(
         request_id=rid, generation_id=new_id(), upload_id=upload_id, language_code=language_code,
-        name=name, environment=settings.environment, on_ready=normalize("on_ready", on_ready),
-        on_error=normalize("on_error", on_error), ttl=ttl,
+        name=name, environment=target.environment, on_ready=ready, on_error=error, ttl=ttl,
+        fingerprint=fingerprint(upload_id=upload_id, language_code=language_code, name=name,
+                                environment=target.environment, on_ready=ready, on_error=error,
+                                deadline=deadline, site=target.alias),
+        max_joins=settings.max_joins, site=target.alias,
     )
-    log.info("request %s for upload %s (%s) %s generation %s", rid, upload_id, language_code,
-             "joined" if created.joined else "started", created.generation_id)
+    if created.conflict:
+        raise IdempotencyConflict("request_id", f"request {rid!r} exists with other parameters; "
+                                                "use a new request id for a new ask")
+    if created.full:
+        raise JoinLimitReached("upload_id", f"the generation in flight for {upload_id} ({language_code}) "
+                                            f"already has {settings.max_joins} requests "
+                                            "(SUBTITLE_TASKS_MAX_JOINS); ask again when it has finished")
+    log.info("request %s for upload %s (%s, site %s) %s generation %s", rid, upload_id, language_code,
+             target.label, "joined" if created.joined else "started", created.generation_id)
     return RequestHandle(rid, created.generation_id, created.joined)
 
 
 @_state_errors_as_unavailable
-def status(request_id: str) -> dict:
+def status(request_id: str, *, app: Any = None) -> dict:
     """Where a request stands: state, upload, language, job id, track id, attempts, error."""
-    store = get_runtime().store
+    store = runtime_for(app).store
     request = store.load_request(request_id)
     if request is None:
         raise UnknownRequest(f"no request {request_id!r} (unknown, or past its retention)")
@@ -92,6 +144,7 @@ def status(request_id: str) -> dict:
     error = error_payload(request, gen) if request.outcome == OUTCOME_ERROR else None
     return {
         "request_id": request.id,
+        "site": (gen.site or None) if gen else None,  # None: the default site
         "state": request.state,
         "upload_id": request.upload_id,
         "language_code": request.language_code,
@@ -106,13 +159,15 @@ def status(request_id: str) -> dict:
         "finished_at": request.finished,
         "error": error,
         "track": gen.result if gen and request.outcome == OUTCOME_READY else None,
+        # Callbacks given up after SUBTITLE_TASKS_CALLBACK_ATTEMPTS failed hand-overs.
+        "undelivered_callbacks": list(request.undelivered),
     }
 
 
 @_state_errors_as_unavailable
-def cancel(request_id: str) -> bool:
+def cancel(request_id: str, *, app: Any = None) -> bool:
     """End a waiting request now with a ``cancelled`` error callback. False if it had ended."""
-    runtime = get_runtime()
+    runtime = runtime_for(app)
     error = {"code": ErrorCode.CANCELLED.value, "message": "cancelled by subtitle_tasks.cancel()"}
     before = runtime.store.cancel(request_id, error)
     if before == "unknown":
@@ -123,7 +178,8 @@ def cancel(request_id: str) -> bool:
     try:
         from .celery_app import publishing_app
 
-        publishing_app().send_task("subtitle_tasks.notify", args=[request_id],
+        wired = next((a for a in (app, _current_app()) if a is not None and attached(a) is runtime), None)
+        publishing_app(wired, runtime.settings).send_task("subtitle_tasks.notify", args=[request_id],
                               **({"queue": runtime.settings.queue} if runtime.settings.queue else {}))
     except Exception as exc:  # the request is already cancelled; only the callback is delayed
         log.warning("cancel %s: could not enqueue its callback now (%s); recovery will", request_id, exc)

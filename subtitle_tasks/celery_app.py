@@ -14,17 +14,29 @@ from .settings import ConfigurationError, Settings, load_settings
 log = logging.getLogger("subtitle_tasks")
 
 RECOVER_EVERY = 30.0  # seconds between beat sweeps that init_app schedules
+DEFAULT_BROKER = "redis://127.0.0.1:6379/0"  # the dedicated app's broker when none is set
+DEDICATED_QUEUE = "subtitle_tasks"  # the dedicated fleet's queue when SUBTITLE_TASKS_QUEUE is unset
 
-_initialized_app: Celery | None = None
 
 
-def publishing_app() -> Celery:
-    """The app to publish our own tasks with: the one init_app wired, else the dedicated one."""
-    if _initialized_app is not None:
-        return _initialized_app
-    import subtitle_tasks
+_publisher: tuple[Settings, Celery] | None = None
 
-    return subtitle_tasks.app
+
+def publishing_app(app: Celery | None, settings: Settings) -> Celery:
+    """The app to publish our own tasks with: ``app`` when given, else a bare publisher.
+
+    The bare one is built from ``settings`` (the ones request_subtitles uses) and
+    configures nothing: a web process that only calls cancel() must not have its
+    state re-pointed by building the dedicated worker app.
+    """
+    global _publisher
+    if app is not None:
+        return app
+    if _publisher is None or _publisher[0] is not settings:
+        app = Celery("subtitle_tasks-publisher", broker=settings.broker_url or DEFAULT_BROKER, set_as_current=False)
+        app.conf.task_default_queue = settings.queue or DEDICATED_QUEUE
+        _publisher = (settings, app)
+    return _publisher[1]
 
 
 @dataclass
@@ -102,10 +114,11 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
     if DispatcherStep not in app.steps["worker"]:
         app.steps["worker"].add(DispatcherStep)
         report.changes.append("added the dispatcher to every worker of this app")
+    from . import callback_watch  # callbacks a dead worker held come back within a lease
 
-    runtime.configure(settings)
-    global _initialized_app
-    _initialized_app = app
+    callback_watch.install(app, report)
+
+    runtime.attach(app, settings)
     log.info("subtitle_tasks.init_app: %s", report)
     return report
 
@@ -113,13 +126,13 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
 def create_app(**overrides: Any) -> Celery:
     """The dedicated app behind ``celery -A subtitle_tasks worker``."""
     settings = load_settings(overrides)
-    broker = settings.broker_url or "redis://127.0.0.1:6379/0"
+    broker = settings.broker_url or DEFAULT_BROKER
     # Our workers consume only our queue; the application's callbacks go where the
     # application's workers listen (Celery's default queue unless configured).
     callback_queue = settings.callback_queue or "celery"
     app = Celery("subtitle_tasks", broker=broker, set_as_current=False)
     app.conf.update(
-        task_default_queue=settings.queue or "subtitle_tasks",
+        task_default_queue=settings.queue or DEDICATED_QUEUE,
         task_ignore_result=True,
         worker_prefetch_multiplier=4,
         broker_connection_retry_on_startup=True,

@@ -166,13 +166,12 @@ class DispatcherStep(bootsteps.StartStopStep):
     def start(self, worker) -> None:
         from .callbacks import Notifier
         from .recovery import Recovery
-        from .runtime import get_runtime
+        from .runtime import runtime_for
 
-        runtime = get_runtime()
+        runtime = runtime_for(worker.app)
         settings = runtime.settings
         dispatcher = Dispatcher.for_celery(worker.app, runtime.store, settings)
-        notifier = Notifier(runtime.store, worker.app, lock_ttl=settings.lease,
-                            default_queue=settings.callback_queue)
+        notifier = Notifier.from_settings(runtime.store, worker.app, settings)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
         sweep = functools.partial(recovery.sweep, repair=False)  # the full scan is beat's job
         self._stop.clear()

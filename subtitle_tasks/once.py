@@ -27,7 +27,7 @@ from typing import Any
 
 from celery import Task
 
-from .runtime import get_runtime
+from .runtime import runtime_for
 
 log = logging.getLogger("subtitle_tasks.once")
 
@@ -38,7 +38,7 @@ class OnceTask(Task):
         task_id = self.request.id
         if task_id is None:  # called as a plain function, not a delivery
             return super().__call__(*args, **kwargs)
-        runtime = get_runtime()
+        runtime = runtime_for(self.app)
         store, settings = runtime.store, runtime.settings
         done_key = f"{settings.key_prefix}:once:{task_id}"
         # The claim must outlast the run, or a repeat could start beside it.

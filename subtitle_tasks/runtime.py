@@ -1,22 +1,31 @@
-"""Per-process singletons: settings, the state store, the DatoCMS client.
+"""Runtimes: settings with the state store and DatoCMS client built from them.
 
-Built lazily on first use and dropped in a forked child, because sockets (Redis,
-the HTTP pool) must never be shared between a prefork parent and its children.
-Web processes only ever touch ``settings`` and ``store``; the token is read only
-where a DatoCMS client is built, i.e. in workers.
+Each Celery app that ``init_app`` wired has its own runtime, kept beside the app (as
+celery-redbeat keeps its configuration on the app), so two apps with different
+settings work side by side in one process. A process that wired no app (a web
+process that only enqueues, a script) uses its *default* runtime, resolved from the
+environment once; ``init_app`` never changes it. Which one a call uses:
+:func:`runtime_for`.
+
+Connections are built lazily on first use and dropped in a forked child, because
+sockets (Redis, the HTTP pool) must never be shared between a prefork parent and its
+children. Web processes only ever touch ``settings`` and ``store``; the token is read
+only where a DatoCMS client is built, i.e. in workers.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from .settings import Settings, load_settings
+from .settings import ConfigurationError, Settings, load_settings
+from .sites import Site, SiteError
 from .state import RedisStore
 
 
@@ -35,9 +44,10 @@ def redis_client(url: str) -> redis.Redis:
 class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.sites = settings.site_registry()
         self._lock = threading.Lock()
         self._store: RedisStore | None = None
-        self._client: Any = None
+        self._clients: dict[str, Any] = {}
 
     @property
     def store(self) -> RedisStore:
@@ -48,69 +58,127 @@ class Runtime:
                     self._store = RedisStore(redis_client(url), self.settings.key_prefix, self.settings.retention)
         return self._store
 
+    def site(self, alias: str | None) -> Site:
+        """The site named ``alias`` (None for the default one); ConfigurationError if unknown."""
+        site = self.sites.get(alias)
+        if site is None:
+            raise ConfigurationError(f"unknown site {alias!r}; configured: {', '.join(self.sites.aliases()) or 'none'}")
+        return site
+
     @property
     def client(self):
-        """The DatoCMS client, sharing the API quota with the fleet through Redis.
+        """The default site's DatoCMS client."""
+        return self.client_for(None)
+
+    def client_for(self, alias: str | None):
+        """A site's DatoCMS client, sharing that token's API quota with the fleet through Redis.
 
         The quota key depends on the token alone: DatoCMS counts per token, so every
-        deployment using that token shares one budget, whatever its key prefix.
+        deployment and site using that token shares one budget, whatever its key prefix.
         """
-        if self._client is None:
+        key = alias or ""
+        client = self._clients.get(key)
+        if client is None:
             with self._lock:
-                if self._client is None:
-                    self._client = self._build_client()
-        return self._client
+                client = self._clients.get(key)
+                if client is None:
+                    client = self._clients[key] = self._build_client(self.site(alias))
+        return client
 
-    def _build_client(self):
+    def _build_client(self, site: Site):
         from .datocms import DatoCMSClient
         from .rate_limits import SharedRateLimiter, key_for_token
         from .rate_limits.backends.redis import RedisBackend
 
         s = self.settings
-        token = s.require_token()
+        try:
+            token = site.read_token()
+        except SiteError as exc:
+            raise ConfigurationError(str(exc)) from None
         limiter = SharedRateLimiter(
             RedisBackend(self.store.client), key_for_token(token),
-            limit=s.rate_limit, window=s.rate_window,
+            limit=s.rate_limit, window=s.rate_window, share=s.rate_share,
         )
-        return DatoCMSClient(token, base_url=s.base_url, environment=s.environment,
-                             timeout=s.http_timeout, rate_limiter=limiter)
+        # One call (body included) may take two socket timeouts at most: a lease is at
+        # least three, so a step with a call or two still ends inside its lease.
+        return DatoCMSClient(token, base_url=site.base_url, environment=site.environment,
+                             timeout=s.http_timeout, rate_limiter=limiter,
+                             max_response_bytes=s.max_response_bytes, max_call_seconds=2 * s.http_timeout,
+                             allow_insecure_http=s.allow_insecure_http)
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        for client in self._clients.values():
+            client.close()
         if self._store is not None:
             self._store.client.close()
-        self._client = self._store = None
+        self._clients, self._store = {}, None
+
+    def _forget_connections(self) -> None:
+        # In a forked child: the parent's sockets are not ours to close.
+        self._lock = threading.Lock()
+        self._clients, self._store = {}, None
 
 
-_current: Runtime | None = None
-_current_lock = threading.Lock()
+_default: Runtime | None = None
+_default_lock = threading.Lock()
+# app -> its runtime; weak, so a discarded app takes its runtime with it.
+_by_app: "weakref.WeakKeyDictionary[Any, Runtime]" = weakref.WeakKeyDictionary()
 
 
 def get_runtime() -> Runtime:
-    global _current
-    if _current is None:
-        with _current_lock:
-            if _current is None:
-                _current = Runtime(load_settings())
-    return _current
+    """This process's default runtime (settings from the environment), built once."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Runtime(load_settings())
+    return _default
 
 
 def configure(settings: Settings) -> Runtime:
-    """Replace this process's runtime (init_app, tests)."""
-    global _current
-    with _current_lock:
-        old, _current = _current, Runtime(settings)
+    """Replace this process's default runtime (tests, tools); apps keep their own."""
+    global _default
+    with _default_lock:
+        old, _default = _default, Runtime(settings)
     if old is not None:
         old.close()
-    return _current
+    return _default
+
+
+def attach(app: Any, settings: Settings) -> Runtime:
+    """Give ``app`` a runtime of its own (init_app); replaces one it had."""
+    with _default_lock:
+        old = _by_app.get(app)
+        _by_app[app] = runtime = Runtime(settings)
+    if old is not None:
+        old.close()
+    return runtime
+
+
+def attached(app: Any) -> Runtime | None:
+    return _by_app.get(app)
+
+
+def runtime_for(app: Any = None) -> Runtime:
+    """The runtime a call should use.
+
+    With an app: the one init_app gave it, else the default. Without (the edge called
+    from a web process): the current Celery app's if it was wired, else the default.
+    So a Django or Flask project whose app is current (Celery's default) needs no
+    argument, and a process with several wired apps passes ``app=``.
+    """
+    if app is not None:
+        return _by_app.get(app) or get_runtime()
+    from celery import current_app
+
+    return _by_app.get(current_app._get_current_object()) or get_runtime()
 
 
 def _forget_after_fork() -> None:
     # The child rebuilds its own connections from the same settings.
-    global _current
-    if _current is not None:
-        _current = Runtime(_current.settings)
+    for runtime in [_default, *_by_app.values()]:
+        if runtime is not None:
+            runtime._forget_connections()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)

@@ -13,10 +13,14 @@ that enqueues) with a message naming the variable, not an hour later in a poll.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
+
+from .sites import DEFAULT as DEFAULT_SITE, Site, SiteError, SiteRegistry, parse as parse_sites
 
 
 class ConfigurationError(ValueError):
@@ -60,6 +64,13 @@ def _positive_int(name: str, raw: Any) -> int:
     return value
 
 
+def _share(name: str, raw: Any) -> float:
+    value = _positive_float(name, raw)
+    if value > 1:
+        raise ConfigurationError(f"{name} must be a fraction between 0 and 1, got {raw!r}")
+    return value
+
+
 def _optional_str(name: str, raw: Any) -> str | None:
     if raw is None:
         return None
@@ -73,6 +84,29 @@ def _http_url(name: str, raw: Any) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ConfigurationError(f"{name} must be an http(s) URL, got {value!r}")
     return value
+
+
+def _flag(name: str, raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost and loopback addresses: traffic that never leaves the machine."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _redis_url(name: str, raw: Any) -> str | None:
@@ -98,7 +132,9 @@ class Settings:
     """Every knob in one place. Times are in seconds; floats are fine (tests run fast)."""
 
     api_token: str | None = field(default=None, repr=False)
+    api_token_file: str | None = None  # a mounted secret (Docker, Kubernetes); read by workers only
     base_url: str = "https://site-api.datocms.com"
+    allow_insecure_http: bool = False  # http:// to a non-loopback host: the token would travel in clear
     environment: str | None = None
     broker_url: str | None = None
     redis_url: str | None = None
@@ -114,9 +150,17 @@ class Settings:
     submit_grace: float = 300.0
     rate_limit: int = 55
     rate_window: float = 3.0
+    rate_share: float = 0.8  # of the plan the server announces (X-RateLimit-Limit); the rest is the editors'
     queue: str | None = None  # None: the app's default queue (ours is "subtitle_tasks")
     callback_queue: str | None = None  # None: callbacks follow the app's routing
     key_prefix: str = "subtitle_tasks"
+    max_callback_bytes: int = 16384  # on_ready + on_error as JSON, per request
+    max_joins: int = 100  # requests sharing one generation
+    callback_attempts: int = 5  # publish attempts before a callback is given up as undeliverable
+    max_server_errors: int = 8  # consecutive 5xx/unreadable answers before a generation fails
+    max_response_bytes: int = 1048576  # an API answer larger than this is refused unread
+    sites: Mapping[str, Site] = field(default_factory=dict)  # alias -> site, besides the default one
+    sites_file: str | None = None  # a JSON file of more sites, re-read when it changes
 
     @property
     def state_url(self) -> str | None:
@@ -136,16 +180,32 @@ class Settings:
             )
         return url
 
+    def default_site(self) -> Site:
+        """The site DATOCMS_API_TOKEN(_FILE), DATOCMS_BASE_URL and DATOCMS_ENVIRONMENT describe."""
+        return Site(DEFAULT_SITE, self.base_url, self.environment, token_file=self.api_token_file,
+                    token=self.api_token)
+
+    def site_registry(self) -> SiteRegistry:
+        return SiteRegistry(self.default_site(), self.sites, self.sites_file)
+
     def require_token(self) -> str:
-        if not self.api_token:
-            raise ConfigurationError("DATOCMS_API_TOKEN is not set in the worker's environment")
-        return self.api_token
+        """The default site's API token (DATOCMS_API_TOKEN or the file DATOCMS_API_TOKEN_FILE names).
+
+        Read when a DatoCMS client is built (workers), so a web process needs neither.
+        Messages never include the token or the file's content.
+        """
+        try:
+            return self.default_site().read_token()
+        except SiteError as exc:
+            raise ConfigurationError(str(exc)) from None
 
 
 # setting attribute -> (environment / Django name, parser)
 _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "api_token": ("DATOCMS_API_TOKEN", _optional_str),
+    "api_token_file": ("DATOCMS_API_TOKEN_FILE", _optional_str),
     "base_url": ("DATOCMS_BASE_URL", _http_url),
+    "allow_insecure_http": ("DATOCMS_ALLOW_INSECURE_HTTP", _flag),
     "environment": ("DATOCMS_ENVIRONMENT", _optional_str),
     "broker_url": ("CELERY_BROKER_URL", _broker_url),
     "redis_url": ("SUBTITLE_TASKS_REDIS_URL", _redis_url),
@@ -161,10 +221,21 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "submit_grace": ("SUBTITLE_TASKS_SUBMIT_GRACE", _positive_float),
     "rate_limit": ("SUBTITLE_TASKS_RATE_LIMIT", _positive_int),
     "rate_window": ("SUBTITLE_TASKS_RATE_WINDOW", _positive_float),
+    "rate_share": ("SUBTITLE_TASKS_RATE_SHARE", _share),
     "queue": ("SUBTITLE_TASKS_QUEUE", _optional_str),
     "callback_queue": ("SUBTITLE_TASKS_CALLBACK_QUEUE", _optional_str),
     "key_prefix": ("SUBTITLE_TASKS_KEY_PREFIX", _optional_str),
+    "max_callback_bytes": ("SUBTITLE_TASKS_MAX_CALLBACK_BYTES", _positive_int),
+    "max_joins": ("SUBTITLE_TASKS_MAX_JOINS", _positive_int),
+    "callback_attempts": ("SUBTITLE_TASKS_CALLBACK_ATTEMPTS", _positive_int),
+    "max_server_errors": ("SUBTITLE_TASKS_MAX_SERVER_ERRORS", _positive_int),
+    "max_response_bytes": ("SUBTITLE_TASKS_MAX_RESPONSE_BYTES", _positive_int),
+    "sites": ("SUBTITLE_TASKS_SITES", lambda name, raw: raw),  # parsed once base_url is known
+    "sites_file": ("SUBTITLE_TASKS_SITES_FILE", _optional_str),
 }
+
+# Plain characters only: the prefix is matched literally in the broker-key checks.
+_KEY_PREFIX = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 ENVIRONMENT_NAMES = {attr: name for attr, (name, _) in _SOURCES.items()}
 
@@ -191,12 +262,30 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
         parsed = parse(name, raw)
         if parsed is not None:
             values[attr] = parsed
+    if "sites" in values:
+        try:
+            values["sites"] = parse_sites(values["sites"], default_base_url=values.get("base_url", defaults.base_url))
+        except SiteError as exc:
+            raise ConfigurationError(str(exc)) from None
     settings = Settings(**values)
     _check_consistency(settings, defaults)
     return settings
 
 
 def _check_consistency(settings: Settings, defaults: Settings) -> None:
+    if settings.api_token and settings.api_token_file:
+        raise ConfigurationError("set DATOCMS_API_TOKEN or DATOCMS_API_TOKEN_FILE, not both")
+    for name, url in [("DATOCMS_BASE_URL", settings.base_url),
+                      *((f"site {alias!r} base_url", site.base_url) for alias, site in settings.sites.items())]:
+        base = urlsplit(url)
+        if base.scheme != "https" and not settings.allow_insecure_http and not is_loopback_host(base.hostname):
+            raise ConfigurationError(
+                f"{name} {url!r} is not https: the API token would travel in clear; "
+                "use https, a loopback address, or set DATOCMS_ALLOW_INSECURE_HTTP=1 on purpose"
+            )
+    if settings.key_prefix and not _KEY_PREFIX.fullmatch(settings.key_prefix):
+        raise ConfigurationError(
+            f"SUBTITLE_TASKS_KEY_PREFIX must be 1-64 letters, digits, '_', '.' or '-', got {settings.key_prefix!r}")
     if settings.poll_max < settings.poll_initial:
         raise ConfigurationError(
             f"SUBTITLE_TASKS_POLL_MAX ({settings.poll_max}) is below SUBTITLE_TASKS_POLL_INITIAL ({settings.poll_initial})"

@@ -19,7 +19,7 @@ from .callbacks import Notifier
 from .dispatcher import Dispatcher
 from .pipeline import Pipeline
 from .recovery import Recovery
-from .runtime import get_runtime
+from .runtime import runtime_for
 
 log = logging.getLogger("subtitle_tasks.tasks")
 
@@ -27,14 +27,13 @@ _COMMON = dict(bind=True, ignore_result=True, acks_late=False, serializer="json"
 
 
 def _notifier(app) -> Notifier:
-    runtime = get_runtime()
-    return Notifier(runtime.store, app, lock_ttl=runtime.settings.lease,
-                    default_queue=runtime.settings.callback_queue)
+    runtime = runtime_for(app)
+    return Notifier.from_settings(runtime.store, app, runtime.settings)
 
 
 def _pipeline(app) -> Pipeline:
-    runtime = get_runtime()
-    return Pipeline(runtime.settings, runtime.store, runtime.client, _notifier(app).notify)
+    runtime = runtime_for(app)
+    return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app).notify)
 
 
 @shared_task(name="subtitle_tasks.submit", **_COMMON)
@@ -58,7 +57,7 @@ def notify(self, request_id: str) -> str:
 @shared_task(name="subtitle_tasks.recover", **_COMMON)
 def recover(self) -> dict:
     """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
-    runtime = get_runtime()
+    runtime = runtime_for(self.app)
     settings = runtime.settings
     dispatcher = Dispatcher.for_celery(self.app, runtime.store, settings)
     dispatched = dispatcher.dispatch_once()

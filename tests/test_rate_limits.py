@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import socket
 import threading
@@ -42,12 +43,16 @@ class FakeTime:
         self.now += seconds
 
 
-def max_in_any_window(times: list[float], window: float) -> int:
-    """Most events inside any half-open interval ``(a - window, a]``."""
+def max_in_any_window(times: list[float], window: float, eps: float = 0.0) -> int:
+    """Most events inside any half-open interval ``(a - window, a]``.
+
+    ``eps``: events closer than this to the interval's open end count as
+    outside (a slot computed as ``e + window`` in floats may land a hair early).
+    """
     times = sorted(times)
     best = start = 0
     for end, t in enumerate(times):
-        while times[start] <= t - window:
+        while times[start] <= t - window + eps:
             start += 1
         best = max(best, end - start + 1)
     return best
@@ -299,6 +304,8 @@ def test_threads_sharing_a_stub_never_overshoot():
 def _clone(backend: StubBackend) -> StubBackend:
     copy = StubBackend()
     copy._logs = {k: list(v) for k, v in backend._logs.items()}
+    copy._foreign = {k: list(v) for k, v in backend._foreign.items()}
+    copy._plans = dict(backend._plans)
     copy._blocked_until = dict(backend._blocked_until)
     return copy
 
@@ -306,27 +313,42 @@ def _clone(backend: StubBackend) -> StubBackend:
 operations = st.lists(
     st.tuples(
         st.floats(min_value=0, max_value=2.0, allow_nan=False),           # time passing first
-        st.sampled_from(["acquire", "acquire", "acquire", "penalize"]),
-        st.floats(min_value=0, max_value=4.0, allow_nan=False),           # max_wait, or penalty
+        st.sampled_from(["acquire", "acquire", "acquire", "penalize", "observe"]),
+        st.floats(min_value=0, max_value=4.0, allow_nan=False),  # max_wait, penalty, or remaining / plan * 4
     ),
     max_size=120,
 )
 
 
 @settings(max_examples=150, deadline=None)
-@given(limit=st.integers(min_value=1, max_value=6), window=st.sampled_from([0.5, 1.0, 3.0]), ops=operations)
-def test_stub_never_exceeds_limit_in_any_window_and_retry_after_is_exact(limit, window, ops):
+@given(
+    limit=st.integers(min_value=1, max_value=6),
+    window=st.sampled_from([0.5, 1.0, 3.0]),
+    plan=st.integers(min_value=1, max_value=8),
+    share_ppm=st.sampled_from([300_000, 800_000, 1_000_000]),
+    burst_ppm=st.sampled_from([125_000, 500_000, 1_000_000]),
+    ops=operations,
+)
+def test_stub_never_exceeds_limit_in_any_window_and_retry_after_is_exact(limit, window, plan, share_ppm, burst_ppm,
+                                                                        ops):
     backend = StubBackend()
     now = 500.0
     blocks: list[tuple[int, float]] = []    # (operation index, end of block)
     grants: list[tuple[int, float, float]] = []  # (operation index, decided at, slot)
+    planned = math.inf  # index of the first answer announcing the plan
     for index, (dt, op, value) in enumerate(ops):
         now += dt
         if op == "penalize":
             backend.penalize("k", value, now=now)
             blocks.append((index, now + backend.blocked_for("k", now=now)))
             continue
-        decision = backend.acquire("k", limit=limit, window=window, max_wait=value, now=now)
+        if op == "observe":
+            backend.observe("k", plan=plan, remaining=round(plan * value / 4), window=window, since=None,
+                            slack=0.0, plan_ttl=3600.0, max_foreign=limit, now=now)
+            planned = min(planned, index)
+            continue
+        decision = backend.acquire("k", limit=limit, window=window, max_wait=value, now=now, share_ppm=share_ppm,
+                                   burst_ppm=burst_ppm)
         assert decision.wait >= 0
         if decision.granted:
             assert decision.wait <= value
@@ -335,11 +357,18 @@ def test_stub_never_exceeds_limit_in_any_window_and_retry_after_is_exact(limit, 
             assert decision.wait > value
             # With nothing else happening, the slot is there at now + wait, not before.
             later = now + decision.wait
-            assert _clone(backend).acquire("k", limit=limit, window=window, max_wait=0, now=later + 1e-9).granted
+            again = {"limit": limit, "window": window, "max_wait": 0, "share_ppm": share_ppm, "burst_ppm": burst_ppm}
+            assert _clone(backend).acquire("k", now=later + 1e-9, **again).granted
             if decision.wait > 2e-3:
-                early = later - 1e-3
-                assert not _clone(backend).acquire("k", limit=limit, window=window, max_wait=0, now=early).granted
-    assert max_in_any_window([slot for _, _, slot in grants], window) <= limit
+                assert not _clone(backend).acquire("k", now=later - 1e-3, **again).granted
+    assert max_in_any_window([slot for _, _, slot in grants], window, eps=1e-9) <= limit
+    # Once the plan is known, requests granted from then on keep to its share.
+    effective = min(limit, max(1, plan * share_ppm // 1_000_000))
+    planned_slots = [slot for index, _, slot in grants if index > planned]
+    assert max_in_any_window(planned_slots, window, eps=1e-9) <= effective
+    # ... and at most `burst` of them in any burst / effective of a window.
+    burst = max(1, min(effective, -(-effective * burst_ppm // 1_000_000)))
+    assert max_in_any_window(planned_slots, window * burst / effective, eps=1e-9) <= burst
     for block_index, end in blocks:
         for grant_index, decided, slot in grants:
             if grant_index > block_index and decided < end:
@@ -609,3 +638,285 @@ def test_penalize_blocks_all_processes(redis_server, client):
         assert outcome["refused"] is not None and 0 < outcome["refused"] <= 0.6
         assert outcome["at"] >= blocked_until - 0.002  # PTTL has millisecond resolution
         assert outcome["server_after"] >= blocked_until
+
+
+# --------------------------------------------------------------------------- the server's headers, both backends
+
+
+class Budget:
+    """One backend under test and a way to let its time pass.
+
+    The stub runs on a fake clock (3 s windows, no sleeping); Redis keeps its own
+    time, so its windows are short and time passes by sleeping.
+    """
+
+    def __init__(self, kind: str, client=None):
+        self.kind = kind
+        if kind == "stub":
+            self.fake = FakeTime()
+            self.backend = StubBackend()
+            self.window = 3.0
+        else:
+            self.backend = RedisBackend(client)
+            self.window = 0.5
+
+    def limiter(self, **kwargs) -> SharedRateLimiter:
+        kwargs.setdefault("window", self.window)
+        kwargs.setdefault("max_wait", 0.0)
+        kwargs.setdefault("burst", 1.0)  # pacing has its own tests
+        if self.kind == "stub":
+            kwargs.setdefault("sleep", self.fake.sleep)
+            kwargs.setdefault("clock", self.fake.time)
+        return SharedRateLimiter(self.backend, key_for_token("test-token"), **kwargs)
+
+    def advance(self, seconds: float) -> None:
+        if self.kind == "stub":
+            self.fake.advance(seconds)
+        else:
+            time.sleep(seconds)
+
+
+@pytest.fixture(params=["stub", "redis"])
+def budget(request) -> Budget:
+    if request.param == "stub":
+        return Budget("stub")
+    return Budget("redis", request.getfixturevalue("client"))
+
+
+def take(limiter: SharedRateLimiter, count: int) -> None:
+    for _ in range(count):
+        limiter.acquire()
+
+
+def test_announced_plan_lowers_the_effective_limit(budget):
+    limiter = budget.limiter(limit=10, share=0.5)
+    assert limiter.snapshot()["effective_limit"] == 10  # nothing announced yet: the configured limit
+    assert limiter.observe(8, 8) == 0
+    snap = limiter.snapshot()
+    assert (snap["plan"], snap["effective_limit"], snap["remaining"]) == (8, 4, 4)
+    take(limiter, 4)
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert "budget of 4 requests" in str(info.value)
+    # Another limiter on the same key (another worker) follows the same plan.
+    other = budget.limiter(limit=10, share=0.5)
+    with pytest.raises(RateLimited):
+        other.acquire()
+
+
+def test_a_higher_plan_never_raises_the_configured_limit(budget):
+    limiter = budget.limiter(limit=3, share=0.8)
+    limiter.observe(1000, 1000)
+    assert limiter.snapshot()["effective_limit"] == 3
+    take(limiter, 3)
+    with pytest.raises(RateLimited):
+        limiter.acquire()
+
+
+@pytest.mark.parametrize(
+    "plan, share, expected", [(30, 0.7, 21), (60, 0.8, 48), (30, 0.8, 24), (1, 0.5, 1), (3, 1.0, 3)]
+)
+def test_share_of_the_plan_is_floored_exactly_and_never_below_one(budget, plan, share, expected):
+    limiter = budget.limiter(limit=55, share=share)
+    limiter.observe(plan, plan)
+    assert limiter.snapshot()["effective_limit"] == expected
+    take(limiter, expected)
+    with pytest.raises(RateLimited):
+        limiter.acquire()
+
+
+def test_foreign_usage_shrinks_the_budget_for_one_window_then_expires(budget):
+    limiter = budget.limiter(limit=10, share=1.0)
+    take(limiter, 2)
+    # The server counted 5 in its window, the log holds 2: 3 came from elsewhere.
+    assert limiter.observe(10, 5) == 3
+    snap = limiter.snapshot()
+    assert (snap["used"], snap["foreign"], snap["remaining"]) == (5, 3, 5)
+    # The same foreign traffic reported again is not added twice.
+    assert limiter.observe(10, 5) == 0
+    take(limiter, 5)
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert 0 < info.value.retry_after <= budget.window
+    budget.advance(budget.window + 0.02)
+    snap = limiter.snapshot()
+    assert (snap["used"], snap["foreign"]) == (0, 0)
+    take(limiter, 10)  # the whole plan again
+
+
+def test_a_429_answer_fills_the_window(budget):
+    limiter = budget.limiter(limit=55, share=0.8)
+    limiter.acquire()
+    # Remaining 0: the server's window is full although our log holds 1.
+    assert limiter.observe(30, 0) == 29
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert budget.window * 0.8 < info.value.retry_after <= budget.window
+
+
+def test_foreign_entries_are_capped_by_the_configured_limit(budget):
+    limiter = budget.limiter(limit=5, share=1.0)
+    assert limiter.observe(100_000, 0) == 5
+    assert limiter.snapshot()["foreign"] == 5
+
+
+@pytest.mark.parametrize(
+    "limit, remaining",
+    [(None, 3), ("abc", 1), (-5, 1), (0, 0), (True, 0), (2.5, 0), (10**12, 0), ("", ""), ([30], 1)],
+)
+def test_garbage_headers_are_ignored(budget, limit, remaining):
+    limiter = budget.limiter(limit=4, share=0.5)
+    assert limiter.observe(limit, remaining) == 0
+    snap = limiter.snapshot()
+    assert (snap["plan"], snap["effective_limit"], snap["foreign"]) == (None, 4, 0)
+    take(limiter, 4)
+
+
+@pytest.mark.parametrize("remaining", [None, "x", -1, 31, 1.5])
+def test_a_usable_limit_with_garbage_remaining_sets_only_the_plan(budget, remaining):
+    limiter = budget.limiter(limit=55, share=0.5)
+    assert limiter.observe(30, remaining) == 0
+    snap = limiter.snapshot()
+    assert (snap["plan"], snap["effective_limit"], snap["foreign"]) == (30, 15, 0)
+
+
+def test_header_strings_are_accepted(budget):
+    limiter = budget.limiter(limit=55, share=1.0)
+    assert limiter.observe(" 30 ", "27") == 3
+    assert limiter.snapshot()["plan"] == 30
+
+
+def test_the_plan_is_forgotten_after_plan_ttl(budget):
+    ttl = 5.0 if budget.kind == "stub" else 0.4
+    limiter = budget.limiter(limit=10, share=0.5, plan_ttl=ttl)
+    limiter.observe(8, 8)
+    assert limiter.snapshot()["effective_limit"] == 4
+    budget.advance(ttl / 2)
+    limiter.observe(8, 8)  # every answer renews it
+    budget.advance(ttl * 0.75)
+    assert limiter.snapshot()["plan"] == 8
+    budget.advance(ttl * 0.5)
+    snap = limiter.snapshot()
+    assert (snap["plan"], snap["effective_limit"]) == (None, 10)
+
+
+def test_reset_forgets_the_plan_and_foreign_entries(budget):
+    limiter = budget.limiter(limit=10, share=0.5)
+    limiter.observe(10, 2)
+    limiter.reset()
+    snap = limiter.snapshot()
+    assert (snap["plan"], snap["used"], snap["foreign"]) == (None, 0, 0)
+
+
+def test_observe_never_raises_when_the_backend_fails(caplog):
+    class Broken(StubBackend):
+        def observe(self, *args, **kwargs):
+            raise RuntimeError("backend down")
+
+    limiter = SharedRateLimiter(Broken(), "k", limit=3)
+    with caplog.at_level("WARNING", logger="subtitle_tasks.rate_limits.base"):
+        assert limiter.observe(30, 0) == 0
+    assert "observe(30, 0) failed" in caplog.text
+    unreachable = redis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    assert SharedRateLimiter(RedisBackend(unreachable), "k").observe(30, 0) == 0
+
+
+# --------------------------------------------------------------------------- the server's headers, stub timing
+
+
+def test_ours_sent_around_the_window_edge_are_not_taken_for_foreign():
+    # Three requests at t=0 reach the server late (t=0.08); one more gets the
+    # slot at t=3.05 and arrives at 3.06, while the server still counts the
+    # first three. The log from the slot's window minus slack holds all four.
+    fake = FakeTime()
+    backend = StubBackend()
+    limiter = stub_limiter(fake, backend, limit=10, share=1.0, slack=0.1)
+    take(limiter, 3)
+    fake.advance(3.05)
+    limiter.acquire()
+    fake.advance(0.02)
+    assert limiter.observe(10, 6) == 0
+    # Compared with the window ending now, the same answer looks like 3 foreign requests.
+    strict = stub_limiter(fake, _clone(backend), limit=10, share=1.0, slack=0.0)
+    assert strict.observe(10, 6) == 3
+
+
+def test_foreign_count_starts_at_the_observing_requests_own_slot():
+    # A slow request: its slot was at t=0, its answer comes at t=2.5. The
+    # server counted it at some moment after t=0, possibly including our
+    # requests of t=0; the log from t=-3.1 holds them, so nothing is foreign.
+    fake = FakeTime()
+    limiter = stub_limiter(fake, limit=10, share=1.0, slack=0.1)
+    take(limiter, 4)
+    fake.advance(2.5)
+    assert limiter.observe(10, 6) == 0
+    # From another thread with no slot of its own, the same answer compares
+    # with the window ending now, which still holds the four: nothing either.
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(limiter.observe(10, 6)))
+    thread.start()
+    thread.join()
+    assert result == [0]
+
+
+def test_an_answer_older_than_the_history_only_sets_the_plan():
+    fake = FakeTime()
+    limiter = stub_limiter(fake, limit=10, share=0.5, slack=0.1)
+    limiter.acquire()
+    fake.advance(3.0)  # the answer took a whole window: too old to compare
+    assert limiter.observe(10, 0) == 0
+    assert limiter.snapshot()["effective_limit"] == 5
+
+
+def test_foreign_entries_leave_exactly_one_window_after_they_were_seen():
+    fake = FakeTime()
+    limiter = stub_limiter(fake, limit=4, share=1.0, max_wait=0.0, burst=1.0)
+    fake.advance(1.0)
+    assert limiter.observe(4, 0) == 4
+    fake.advance(2.999)
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert info.value.retry_after == pytest.approx(0.001)
+    fake.advance(0.001)
+    take(limiter, 4)
+
+
+def test_once_the_plan_is_known_a_backlog_is_paced(budget):
+    limiter = budget.limiter(limit=55, share=1.0, burst=0.25)
+    take(limiter, 5)  # no plan yet: no pacing
+    budget.advance(budget.window + 0.02)
+    limiter.observe(8, 8)  # L = 8, B = 2: two at once, then two more a quarter window later
+    take(limiter, 2)
+    with pytest.raises(RateLimited) as info:
+        limiter.acquire()
+    assert 0 < info.value.retry_after <= budget.window / 4
+    budget.advance(info.value.retry_after + 0.005)
+    take(limiter, 2)
+
+
+def test_a_paced_backlog_is_spread_evenly_over_the_window():
+    fake = FakeTime()
+    limiter = stub_limiter(fake, limit=55, share=0.5, burst=0.25, max_wait=3.0)
+    limiter.observe(16, 16)  # L = 8, B = 2
+    start = fake.now
+    slots = [limiter.acquire_slot().at - start for _ in range(9)]
+    assert slots == pytest.approx([0, 0, 0.75, 0.75, 1.5, 1.5, 2.25, 2.25, 3.0])
+    # A lone request after a quiet spell goes at once.
+    fake.advance(10)
+    assert limiter.acquire_slot().wait == 0
+
+
+def test_burst_one_turns_pacing_off():
+    fake = FakeTime()
+    limiter = stub_limiter(fake, limit=55, share=1.0, burst=1.0, max_wait=0.0)
+    limiter.observe(8, 8)
+    take(limiter, 8)
+    with pytest.raises(RateLimited):
+        limiter.acquire()
+
+
+def test_limiter_refuses_nonsense_plan_settings():
+    for kwargs in ({"share": 0}, {"share": 1.2}, {"share": True}, {"plan_ttl": 0}, {"slack": -1}, {"slack": 3.0},
+                   {"burst": 0}, {"burst": 1.5}):
+        with pytest.raises(ValueError):
+            SharedRateLimiter(StubBackend(), "k", window=3.0, **kwargs)
