@@ -20,9 +20,14 @@ from .errors import (
     UnknownRequest,
 )
 from .runtime import attached, runtime_for
+from .settings import Settings
+from .sites import Site, SiteRegistry
 from .state import DONE, OUTCOME_ERROR, OUTCOME_READY, WAITING
 
 log = logging.getLogger("subtitle_tasks")
+
+
+MAX_LANGUAGES = 22  # every language Mux captions, once each
 
 
 def _current_app() -> Any:
@@ -75,6 +80,67 @@ class RequestHandle:
         return cancel(self.id)
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """One request's input after every edge check, ready for its single create call."""
+
+    request_id: str
+    upload_id: str
+    language_code: str
+    name: str | None
+    site: Site
+    on_ready: list[dict]
+    on_error: list[dict]
+    ttl: float
+    fingerprint: str
+
+
+def _check(settings: Settings, sites: SiteRegistry, upload_id: Any, language_code: Any, *, name: Any,
+           on_ready: Any, on_error: Any, deadline: Any, request_id: Any, check_language: bool,
+           site: Any) -> _Checked:
+    """Every check request_subtitles makes, with no I/O (InvalidSubtitleRequest on a failure)."""
+    target = validation.site(site, sites)
+    upload_id = validation.upload_id(upload_id)
+    language_code = validation.language_code(language_code, check_supported=check_language)
+    name = validation.track_name(name)
+    ttl = validation.deadline(deadline, settings.deadline)
+    rid = validation.request_id(request_id) or new_id()
+    ready = normalize("on_ready", on_ready, key_prefix=settings.key_prefix)
+    error = normalize("on_error", on_error, key_prefix=settings.key_prefix)
+    size = encoded_size(ready, error)
+    if size > settings.max_callback_bytes:
+        raise InvalidSubtitleRequest(
+            "on_ready" if encoded_size(ready) >= encoded_size(error) else "on_error",
+            f"callbacks take {size} bytes as JSON, over the {settings.max_callback_bytes} allowed "
+            "(SUBTITLE_TASKS_MAX_CALLBACK_BYTES): pass ids your task can look up, not payloads")
+    digest = fingerprint(upload_id=upload_id, language_code=language_code, name=name,
+                         environment=target.environment, on_ready=ready, on_error=error, deadline=deadline,
+                         site=target.alias)
+    return _Checked(rid, upload_id, language_code, name, target, ready, error, ttl, digest)
+
+
+def _create(runtime: Any, checked: _Checked) -> RequestHandle:
+    """The one Redis round trip of a checked request."""
+    settings = runtime.settings
+    created = runtime.store.create_request(
+        request_id=checked.request_id, generation_id=new_id(), upload_id=checked.upload_id,
+        language_code=checked.language_code, name=checked.name, environment=checked.site.environment,
+        on_ready=checked.on_ready, on_error=checked.on_error, ttl=checked.ttl, fingerprint=checked.fingerprint,
+        max_joins=settings.max_joins, site=checked.site.alias,
+    )
+    if created.conflict:
+        raise IdempotencyConflict("request_id", f"request {checked.request_id!r} exists with other parameters; "
+                                                "use a new request id for a new ask")
+    if created.full:
+        raise JoinLimitReached("upload_id", f"the generation in flight for {checked.upload_id} "
+                                            f"({checked.language_code}) already has {settings.max_joins} requests "
+                                            "(SUBTITLE_TASKS_MAX_JOINS); ask again when it has finished")
+    log.info("request %s for upload %s (%s, site %s) %s generation %s", checked.request_id, checked.upload_id,
+             checked.language_code, checked.site.label, "joined" if created.joined else "started",
+             created.generation_id)
+    return RequestHandle(checked.request_id, created.generation_id, created.joined)
+
+
 @_state_errors_as_unavailable
 def request_subtitles(upload_id: str, language_code: str, *, name: str | None = None,
                       on_ready: Any = None, on_error: Any = None, deadline: float | None = None,
@@ -97,39 +163,41 @@ def request_subtitles(upload_id: str, language_code: str, *, name: str | None = 
     (``runtime.runtime_for`` says which one is used without it).
     """
     runtime = runtime_for(app)
-    settings = runtime.settings
-    target = validation.site(site, runtime.sites)
-    upload_id = validation.upload_id(upload_id)
-    language_code = validation.language_code(language_code, check_supported=check_language)
-    name = validation.track_name(name)
-    ttl = validation.deadline(deadline, settings.deadline)
-    rid = validation.request_id(request_id) or new_id()
-    ready = normalize("on_ready", on_ready, key_prefix=settings.key_prefix)
-    error = normalize("on_error", on_error, key_prefix=settings.key_prefix)
-    size = encoded_size(ready, error)
-    if size > settings.max_callback_bytes:
-        raise InvalidSubtitleRequest(
-            "on_ready" if encoded_size(ready) >= encoded_size(error) else "on_error",
-            f"callbacks take {size} bytes as JSON, over the {settings.max_callback_bytes} allowed "
-            "(SUBTITLE_TASKS_MAX_CALLBACK_BYTES): pass ids your task can look up, not payloads")
-    created = runtime.store.create_request(
-        request_id=rid, generation_id=new_id(), upload_id=upload_id, language_code=language_code,
-        name=name, environment=target.environment, on_ready=ready, on_error=error, ttl=ttl,
-        fingerprint=fingerprint(upload_id=upload_id, language_code=language_code, name=name,
-                                environment=target.environment, on_ready=ready, on_error=error,
-                                deadline=deadline, site=target.alias),
-        max_joins=settings.max_joins, site=target.alias,
-    )
-    if created.conflict:
-        raise IdempotencyConflict("request_id", f"request {rid!r} exists with other parameters; "
-                                                "use a new request id for a new ask")
-    if created.full:
-        raise JoinLimitReached("upload_id", f"the generation in flight for {upload_id} ({language_code}) "
-                                            f"already has {settings.max_joins} requests "
-                                            "(SUBTITLE_TASKS_MAX_JOINS); ask again when it has finished")
-    log.info("request %s for upload %s (%s, site %s) %s generation %s", rid, upload_id, language_code,
-             target.label, "joined" if created.joined else "started", created.generation_id)
-    return RequestHandle(rid, created.generation_id, created.joined)
+    return _create(runtime, _check(
+        runtime.settings, runtime.sites, upload_id, language_code, name=name, on_ready=on_ready,
+        on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site))
+
+
+def language_request_id(request_id: str, language_code: str, several: bool) -> str:
+    """The request id of one language of a multi-language ask: ``{id}.{language}``."""
+    return f"{request_id}.{language_code}" if several else request_id
+
+
+@_state_errors_as_unavailable
+def request_languages(upload_id: str, language_codes: Any, *, request_id: str | None = None,
+                      app: Any = None, **options: Any) -> list[RequestHandle]:
+    """``request_subtitles`` for one or more languages of an upload, all checked before any write.
+
+    ``language_codes`` is a tag or a list of distinct tags. With ``request_id`` each
+    language's request id is ``{request_id}.{tag}`` (just ``request_id`` for a single
+    tag), so repeating the call with the same id is idempotent; without it each gets a
+    new id. Takes request_subtitles' other keyword arguments.
+    """
+    codes = [language_codes] if isinstance(language_codes, str) else language_codes
+    if not isinstance(codes, (list, tuple)) or not codes or len(codes) > MAX_LANGUAGES:
+        raise InvalidSubtitleRequest("language_code", f"expected 1-{MAX_LANGUAGES} language tags, "
+                                                      f"got {validation._show(language_codes)}")
+    if len({c.lower() if isinstance(c, str) else c for c in codes}) != len(codes):
+        raise InvalidSubtitleRequest("language_code", "the same language is asked for twice")
+    runtime = runtime_for(app)
+    base = validation.request_id(request_id)
+    several = len(codes) > 1
+    checked = [_check(runtime.settings, runtime.sites, upload_id, code,
+                      request_id=language_request_id(base, code, several) if base and isinstance(code, str) else None,
+                      **{"name": None, "on_ready": None, "on_error": None, "deadline": None, "check_language": True,
+                         "site": None, **options})
+               for code in codes]
+    return [_create(runtime, c) for c in checked]
 
 
 @_state_errors_as_unavailable

@@ -22,11 +22,11 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.canvas import signature
+from celery.canvas import Signature, signature
 from kombu.exceptions import OperationalError
 
 from . import validation
-from .errors import InvalidSubtitleRequest
+from .errors import ErrorCode, InvalidSubtitleRequest
 from .handoff import HandoffUnsupported, handoff
 from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestRecord, Store
 
@@ -138,6 +138,38 @@ def _check_option(field: str, task: str, name: Any, value: Any, key_prefix: str)
 def encoded_size(*callback_lists: list[dict]) -> int:
     """Bytes the normalised callbacks take as stored JSON (the per-request cap's measure)."""
     return sum(len(json.dumps(c, separators=(",", ":")).encode()) for c in callback_lists if c)
+
+
+def report_refusal(app: Celery, default_queue: str | None, message_id: str, exc: InvalidSubtitleRequest,
+                   on_error: Any, upload_id: Any, language_codes: Any) -> bool:
+    """Send ``on_error`` the refusal of a request that came as a message (``subtitle_tasks.request``).
+
+    The web edge raises instead; a message has no caller to raise to. Only an on_error
+    that is itself a valid signature is used (if it is the bad argument, the log line
+    is all there is). Returns whether a callback was sent.
+    """
+    try:
+        callbacks = normalize("on_error", on_error)
+    except InvalidSubtitleRequest:
+        return False
+    error = {
+        "code": ErrorCode.INVALID_ARGUMENTS.value, "message": str(exc), "field": exc.field,
+        "request_id": None, "site": None, "upload_id": upload_id if isinstance(upload_id, str) else None,
+        "language_code": language_codes if isinstance(language_codes, str) else None,
+        "api_code": None, "api_status": None, "api_request_id": None, "job_id": None, "track_id": None,
+    }
+    for index, raw in enumerate(callbacks):
+        sig = signature(expand(raw), app=app)
+        routing = _default_routing(sig, default_queue)
+        sig.apply_async(args=(error,), task_id=f"{message_id}-refused-{index}", **routing)
+    return bool(callbacks)
+
+
+def _default_routing(sig: Signature, default_queue: str | None) -> dict:
+    """Where a callback that names no queue of its own goes (a dedicated fleet sets it)."""
+    if default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
+        return {"queue": default_queue}
+    return {}
 
 
 def error_payload(request: RequestRecord, generation: Generation | None) -> dict:
@@ -312,9 +344,7 @@ class Notifier:
     def _publish_one(self, producer: Any, request_id: str, kind: str, index: int, raw: dict, first_arg: Any,
                      retry: bool) -> None:
         sig = signature(expand(raw), app=self.app)
-        routing = {}
-        if self.default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
-            routing = {"queue": self.default_queue}
+        routing = _default_routing(sig, self.default_queue)
         # A stable task id per callback: a repeat (publish-then-settle on RabbitMQ)
         # carries the same id, so a consumer that must act once can key on it. The
         # header marks the message as ours for the receiving worker (callback_watch).

@@ -28,6 +28,7 @@ class ErrorCode(str, enum.Enum):
     DEADLINE_EXCEEDED = "deadline_exceeded"  # not finished before the request's deadline
     CANCELLED = "cancelled"                  # subtitle_tasks.cancel() ended it
     PROTOCOL_ERROR = "protocol_error"        # a permanent failure none of the codes above describes
+    INVALID_ARGUMENTS = "invalid_arguments"  # a subtitle_tasks.request message failed the edge checks
     # The sandbox environment refuses track changes (IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT):
     # nothing about the request is wrong, only the environment it targets.
     SANDBOX_IMMUTABLE = "sandbox_immutable"

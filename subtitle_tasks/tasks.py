@@ -15,7 +15,11 @@ import logging
 
 from celery import shared_task
 
-from .callbacks import Notifier
+from typing import Any
+
+from .api import request_languages
+from .callbacks import Notifier, report_refusal
+from .errors import InvalidSubtitleRequest, StateUnavailable
 from .dispatcher import Dispatcher
 from .pipeline import Pipeline
 from .recovery import Recovery
@@ -54,6 +58,33 @@ def notify(self, request_id: str) -> str:
     return _notifier(self.app).notify(request_id)
 
 
+@shared_task(name="subtitle_tasks.request", bind=True, acks_late=False, serializer="json",
+             autoretry_for=(StateUnavailable,), retry_backoff=True, retry_backoff_max=60, max_retries=None)
+def request(self, upload_id: str, language_codes: str | list[str], name: str | None = None,
+            on_ready: Any = None, on_error: Any = None, request_id: str | None = None, site: str | None = None,
+            deadline: float | None = None, check_language: bool = True) -> dict:
+    """Ask for subtitles from a message: celery beat, or a service that has only the broker.
+
+    JSON arguments only (signatures as dicts). Checked exactly as request_subtitles
+    checks them. Without ``request_id`` this message's task id stands in, so a retry
+    after StateUnavailable (nothing was written) cannot ask twice. Bad arguments are
+    logged and reported to ``on_error`` (when it is itself a valid signature); the
+    result says what happened: ``{"requests": [ids]}`` or ``{"refused": {...}}``.
+    """
+    try:
+        handles = request_languages(
+            upload_id, language_codes, request_id=request_id or self.request.id, name=name, on_ready=on_ready,
+            on_error=on_error, site=site, deadline=deadline, check_language=check_language, app=self.app)
+    except InvalidSubtitleRequest as exc:
+        log.error("subtitle_tasks.request %s refused: %s (upload %r, languages %r)", self.request.id, exc,
+                  str(upload_id)[:130], str(language_codes)[:200])
+        refused = {"field": exc.field, "message": exc.message}
+        report_refusal(self.app, runtime_for(self.app).settings.callback_queue, self.request.id, exc, on_error,
+                       upload_id, language_codes)
+        return {"refused": refused}
+    return {"requests": [h.id for h in handles]}
+
+
 @shared_task(name="subtitle_tasks.recover", **_COMMON)
 def recover(self) -> dict:
     """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
@@ -63,3 +94,25 @@ def recover(self) -> dict:
     dispatched = dispatcher.dispatch_once()
     summary = Recovery(runtime.store, _notifier(self.app).notify, stale=settings.lease).sweep()
     return {"dispatched": dispatched, **summary}
+
+
+# -- the sweep (sweep.py) ------------------------------------------------------------------
+SWEEP_MAX_SECONDS = 300.0  # a beat-run sweep gives its pool slot back; the cursor carries the rest
+
+
+@shared_task(name="subtitle_tasks.sweep", **_COMMON)
+def sweep(self, site: str | None = None, languages: str | list[str] | None = None, since: float | None = None,
+          dry_run: bool = False, max_seconds: float | None = SWEEP_MAX_SECONDS) -> dict:
+    """Celery beat: ask for the subtitles a site's recent videos lack (see sweep.py).
+
+    ``languages`` defaults to SUBTITLE_TASKS_AUTO_LANGUAGES, ``since`` (seconds) to 7 days.
+    Bad arguments are logged and returned as ``{"refused": message}``.
+    """
+    from .sweep import sweep as run_sweep
+
+    try:
+        return run_sweep(site=site, languages=languages, since=since, dry_run=dry_run, max_seconds=max_seconds,
+                         app=self.app)
+    except ValueError as exc:  # ConfigurationError, a bad tag, since out of range
+        log.error("subtitle_tasks.sweep %s refused: %s", self.request.id, exc)
+        return {"refused": str(exc)}

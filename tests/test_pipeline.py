@@ -124,8 +124,10 @@ def test_body_type_falls_back_and_is_remembered(harness, sim):
     ]
 
 
-def test_rate_limit_storm_every_request_ends_once(harness, sim):
+def test_rate_limit_storm_every_request_ends_once(harness_factory, sim):
     sim.configure(rate_limit=6, rate_window=1.0, faults={"rate_429": 0.2})
+    # The announced plan counts per the server's window: the fleet must use the same one.
+    harness = harness_factory(SUBTITLE_TASKS_RATE_WINDOW="1")
     harness.worker(concurrency=4)
     tags = [f"video-storm-{i}" for i in range(15)]
     for tag in tags:
