@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import RequestHandle, cancel, request_subtitles, status
+from .api import RequestHandle, cancel, check_request, request_subtitles, status
 from .celery_app import InitReport, init_app
 from .errors import (
     ErrorCode, IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, StateUnavailable,
@@ -23,7 +23,7 @@ from .settings import ConfigurationError, Settings, load_settings
 __version__ = "0.1.0"
 
 __all__ = [
-    "request_subtitles", "status", "cancel", "RequestHandle", "init_app", "InitReport",
+    "request_subtitles", "check_request", "status", "cancel", "RequestHandle", "init_app", "InitReport",
     "ErrorCode", "InvalidSubtitleRequest", "IdempotencyConflict", "JoinLimitReached", "StateUnavailable",
     "StateError", "UnknownRequest", "ConfigurationError", "Settings",
     "load_settings", "OnceTask", "__version__",

@@ -168,6 +168,20 @@ def request_subtitles(upload_id: str, language_code: str, *, name: str | None = 
         on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site))
 
 
+def check_request(upload_id: str, language_code: str, *, name: str | None = None, on_ready: Any = None,
+                  on_error: Any = None, deadline: float | None = None, request_id: str | None = None,
+                  check_language: bool = True, site: str | None = None, app: Any = None) -> None:
+    """Every check request_subtitles makes, with no I/O: raises InvalidSubtitleRequest or returns.
+
+    For a view that asks from ``transaction.on_commit``: it can answer 400 before its
+    transaction commits. What only Redis can tell (IdempotencyConflict,
+    JoinLimitReached, StateUnavailable) still comes from request_subtitles.
+    """
+    runtime = runtime_for(app)
+    _check(runtime.settings, runtime.sites, upload_id, language_code, name=name, on_ready=on_ready,
+           on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site)
+
+
 def language_request_id(request_id: str, language_code: str, several: bool) -> str:
     """The request id of one language of a multi-language ask: ``{id}.{language}``."""
     return f"{request_id}.{language_code}" if several else request_id

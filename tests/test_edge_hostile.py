@@ -243,3 +243,15 @@ def subtitle_tasks_status(request_id):
     import subtitle_tasks
 
     return subtitle_tasks.status(request_id)
+
+
+@pytest.mark.parametrize("label,kwargs,exc,field",
+                         [c for c in CASES if c[2] is InvalidSubtitleRequest], ids=lambda v: v if isinstance(v, str) else "")
+def test_check_request_refuses_the_same_input_without_touching_redis(edge, label, kwargs, exc, field):
+    import subtitle_tasks
+
+    args = {**KNOWN, **kwargs}
+    before = edge.dbsize()
+    with pytest.raises(exc) as info:
+        subtitle_tasks.check_request(**args)
+    assert info.value.field == field and edge.dbsize() == before

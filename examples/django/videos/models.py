@@ -1,12 +1,10 @@
-"""videos/models.py: the minimum the views and callbacks below need."""
-
 from django.db import models
 
 
 class Video(models.Model):
     title = models.CharField(max_length=200)
     upload_id = models.CharField(max_length=128)  # the DatoCMS upload of the video file
-    # Written by the view: the subtitle_tasks request to ask about (status, cancel).
+    # Written by the view: the latest subtitle_tasks request (for status and cancel).
     subtitles_request_id = models.CharField(max_length=128, blank=True)
     # Written by the callbacks (tasks.py).
     subtitles_track_id = models.CharField(max_length=128, blank=True)
