@@ -7,6 +7,12 @@ back only when that timeout expires. Here a waiting generation is one sorted-set
 entry in Redis; a worker thread (one per worker process, not a pool slot) claims due
 entries with a lease and publishes plain tasks. A lost task's entry comes due again
 when its lease runs out, so recovery after any crash takes ``lease`` seconds.
+
+Fairness lives in the claim (``Store.claim_due``), not in queues: each claim shares
+its room among the sites with due work and, within a site, between new submissions
+and polls, and paces every site against its own quota. So the one step queue holds
+at most about one window of any site's steps, and a backlog on one site never keeps
+another site's step out of the next claim.
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ class Dispatcher:
         self.publish = publish
         self.lease = lease
         self.batch = batch
-        # Fleet-wide: at most `pace` steps per `window` (the API quota), so a backlog of
-        # due steps waits in the schedule rather than as messages bouncing off the limiter.
+        # Per site, fleet-wide: at most `pace` steps per `window` for each site (each has
+        # its own token and API quota), so a backlog of due steps waits in the schedule
+        # rather than as messages bouncing off the limiter, and one site's backlog never
+        # spends another's budget.
         self.pace = pace
         self.window = window
         # Backpressure: while the step queue holds `max_backlog` messages the fleet is
@@ -52,6 +60,8 @@ class Dispatcher:
     @classmethod
     def from_settings(cls, store: Store, publish, settings,
                       backlog: Callable[[], int] | None = None) -> "Dispatcher":
+        # The rate limit is per token, i.e. per site: the store applies it to each site
+        # with due work (it knows them; no token is read here).
         return cls(store, publish, lease=settings.lease, batch=settings.dispatch_batch,
                    pace=settings.rate_limit, window=settings.rate_window,
                    backlog=backlog, max_backlog=settings.max_backlog)

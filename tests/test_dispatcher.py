@@ -54,6 +54,48 @@ def test_a_full_queue_stops_claims_and_the_steps_stay_due():
     assert sorted(g for g, _ in queue.messages) == sorted({g for g, _ in queue.messages})  # no duplicates
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _waiting(store: MemoryStore, site: str, n: int) -> list[str]:
+    return [store.create_request(request_id=f"r-{site}{i}", generation_id=f"g-{site}{i:04d}", upload_id=f"{site}{i}",
+                                 language_code="en", name=None, environment=None, on_ready=[], on_error=[], ttl=600,
+                                 site=site).generation_id for i in range(n)]
+
+
+def test_a_quiet_sites_request_goes_out_at_the_next_dispatch_behind_another_sites_backlog():
+    clock, queue = Clock(), Queue()
+    store = MemoryStore(clock=clock)
+    _waiting(store, "busy", 500)
+    dispatcher = Dispatcher(store, queue.publish, lease=30, batch=100, pace=10, window=3.0,
+                            backlog=queue.depth, max_backlog=100)
+    assert dispatcher.dispatch_once() == 10  # the busy site's whole window
+    quiet = _waiting(store, "quiet", 1)
+    clock.t += 1.0
+    assert dispatcher.dispatch_once() == 1
+    assert queue.messages[-1] == (quiet[0], "submit")
+
+
+def test_the_step_queue_holds_at_most_one_window_of_each_sites_steps():
+    clock, queue = Clock(), Queue()  # nobody consumes
+    store = MemoryStore(clock=clock)
+    a, b = set(_waiting(store, "a", 200)), set(_waiting(store, "b", 200))
+    dispatcher = Dispatcher(store, queue.publish, lease=30, batch=500, pace=10, window=3.0,
+                            backlog=queue.depth, max_backlog=500)
+    for _ in range(3):  # three dispatch intervals inside one window
+        dispatcher.dispatch_once()
+        clock.t += 1.0
+    queued = [gid for gid, _ in queue.messages]
+    assert (len(a.intersection(queued)), len(b.intersection(queued))) == (10, 10)
+    dispatcher.dispatch_once()  # the next window
+    assert len(queue.messages) == 40
+
+
 def test_a_failing_backlog_reader_fails_the_dispatch_without_claiming():
     store = _store_with_due(3)
 

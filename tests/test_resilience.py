@@ -139,7 +139,8 @@ def test_recovery_sends_callbacks_a_dead_notifier_left_and_repairs_the_schedule(
     store = subtitle_tasks.runtime.get_runtime().store
     # A generation whose due entry was lost, and one decided but never notified.
     lost = ask("video-lost-entry")
-    store.client.zrem(f"{h.prefix}:due", lost.generation_id)
+    store.client.zrem(store.schedule_keys()[0], lost.generation_id)  # new: still in the submit set
+    assert not any(store.client.zscore(key, lost.generation_id) for key in store.schedule_keys())
     decided = ask("video-decided")
     notify_ids = store.finish(decided.generation_id, "error",
                               {"code": "track_errored", "message": "decided before the notifier died"})

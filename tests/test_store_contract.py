@@ -18,7 +18,7 @@ import redis
 
 from subtitle_tasks.local_redis import LocalRedis, RedisNotAvailable
 from subtitle_tasks.state import (
-    DONE, FAILED, FINISHING, JOB, OUTCOME_ERROR, OUTCOME_READY, READY, SUBMIT, WAITING, Created, RedisStore,
+    DONE, FAILED, FINISHING, JOB, OUTCOME_ERROR, OUTCOME_READY, READY, SUBMIT, TRACK, WAITING, Created, RedisStore,
 )
 from subtitle_tasks.state.base import LISTPACK_VALUE_MAX, join_field, split_field
 from subtitle_tasks.state.stub import MemoryStore
@@ -81,7 +81,8 @@ def _redis_subject(server: LocalRedis):
         return RedisStore(client, prefix=prefixes[-1], retention=retention)
 
     def drop_due(store: RedisStore, gid: str) -> None:
-        assert client.zrem(f"{store.prefix}:due", gid) == 1
+        keys = store.schedule_keys(store.load_generation(gid).site)
+        assert sum(client.zrem(key, gid) for key in keys) == 1
 
     def cleanup() -> None:
         for prefix in prefixes:
@@ -108,10 +109,10 @@ def store(subject):
 
 
 def new(store, rid: str | None = None, *, upload: str = "u1", lang: str = "it-IT", ttl: float = 600.0,
-        env: str | None = None, name: str | None = "Italiano", gid: str | None = None) -> Created:
+        env: str | None = None, name: str | None = "Italiano", gid: str | None = None, site: str = "") -> Created:
     return store.create_request(
         request_id=rid or uuid.uuid4().hex, generation_id=gid or uuid.uuid4().hex, upload_id=upload,
-        language_code=lang, name=name, environment=env, on_ready=ON_READY, on_error=ON_ERROR, ttl=ttl,
+        language_code=lang, name=name, environment=env, on_ready=ON_READY, on_error=ON_ERROR, ttl=ttl, site=site,
     )
 
 
@@ -318,6 +319,149 @@ def test_release_of_a_finished_generation_does_nothing(store):
     assert store.claim_due(60, 10) == []
     assert store.counts()["scheduled"] == 0
     assert store.load_generation(gid).phase == DONE
+
+
+# -- fairness: sites, submissions and polls ---------------------------------------------
+
+def submits(store, n: int, *, site: str = "", tag: str = "s") -> list[str]:
+    """``n`` new generations on ``site``, due now in creation order (ids sort the same way)."""
+    return [new(store, upload=f"{site}{tag}{i}", site=site, gid=f"{site}-{tag}{i:03d}").generation_id
+            for i in range(n)]
+
+
+def overdue_polls(store, n: int, *, site: str = "", tag: str = "p") -> list[str]:
+    """``n`` generations on ``site`` already submitted, their next poll due now."""
+    gids = submits(store, n, site=site, tag=tag)
+    for gid in gids:
+        assert store.advance(gid, 0, phase=JOB, job_id=f"job-{gid}")
+    return gids
+
+
+def sites_of(store, claimed) -> dict[str, int]:
+    tally: dict[str, int] = {}
+    for gid, _ in claimed:
+        site = store.load_generation(gid).site
+        tally[site] = tally.get(site, 0) + 1
+    return tally
+
+
+def test_claim_shares_the_room_equally_among_sites_with_due_work(store):
+    for site in ("", "a", "b"):
+        submits(store, 10, site=site)
+    assert sites_of(store, store.claim_due(60, 9)) == {"": 3, "a": 3, "b": 3}
+
+
+def test_room_a_site_cannot_use_goes_to_the_others(store):
+    submits(store, 10, site="a")
+    lone = submits(store, 1, site="b")
+    claimed = store.claim_due(60, 8)
+    assert sites_of(store, claimed) == {"a": 7, "b": 1}
+    assert lone[0] in [gid for gid, _ in claimed]
+
+
+def test_a_room_smaller_than_the_sites_rotates_among_them(store):
+    for site in ("", "a", "b"):
+        submits(store, 5, site=site)
+    firsts = [store.claim_due(60, 1) for _ in range(3)]
+    assert all(len(batch) == 1 for batch in firsts)
+    assert sites_of(store, [entry for batch in firsts for entry in batch]) == {"": 1, "a": 1, "b": 1}
+
+
+def test_each_site_is_paced_against_its_own_budget(subject, store):
+    a, b = submits(store, 5, site="a"), submits(store, 5, site="b")
+    first = store.claim_due(60, 100, 3, 0.4)
+    assert sites_of(store, first) == {"a": 3, "b": 3}
+    assert store.claim_due(60, 100, 3, 0.4) == []  # both spent their window
+    c = submits(store, 1, site="c")
+    assert store.claim_due(60, 100, 3, 0.4) == [(c[0], SUBMIT)]  # a third site's budget is untouched
+    subject.wait(0.5)  # a new window for a and b
+    rest = store.claim_due(60, 100, 3, 0.4)
+    assert sorted(g for g, _ in first + rest) == sorted(a + b)
+
+
+def test_a_backlog_on_one_site_does_not_hold_up_another_sites_request(store):
+    backlog = submits(store, 40, site="a")
+    assert len(store.claim_due(60, 100, 5, 60)) == 5  # a's whole window
+    quiet = submits(store, 1, site="b")
+    assert store.claim_due(60, 100, 5, 60) == [(quiet[0], SUBMIT)]
+    assert store.counts()["scheduled"] == len(backlog) + 1
+
+
+def test_submissions_get_half_of_a_sites_share_behind_overdue_polls(store):
+    polls = overdue_polls(store, 6, site="a")
+    fresh = submits(store, 6, site="a", tag="n")
+    claimed = store.claim_due(60, 4)
+    assert sorted(g for g, _ in claimed) == sorted(fresh[:2] + polls[:2])
+    assert sorted(phase for _, phase in claimed) == [JOB, JOB, SUBMIT, SUBMIT]
+
+
+def test_polls_are_not_starved_by_a_flood_of_submissions(store):
+    fresh = submits(store, 20, site="a", tag="n")
+    poll = overdue_polls(store, 1, site="a")  # comes due after all twenty
+    claimed = store.claim_due(60, 4)
+    assert poll[0] in [g for g, _ in claimed] and len(claimed) == 4
+    assert set(g for g, _ in claimed) <= set(fresh + poll)
+
+
+def test_the_half_one_kind_cannot_use_goes_to_the_other(store):
+    fresh = submits(store, 1)
+    polls = overdue_polls(store, 6)
+    claimed = store.claim_due(60, 4)
+    assert sorted(g for g, _ in claimed) == sorted(fresh + polls[:3])  # the submits' unused half
+    assert sorted(g for g, _ in store.claim_due(60, 4)) == polls[3:]
+    only_submits = submits(store, 6, tag="x")
+    assert sorted(g for g, _ in store.claim_due(60, 4)) == only_submits[:4]  # the polls' unused half
+
+
+def test_an_odd_slot_alternates_between_submissions_and_polls(store):
+    overdue_polls(store, 3)
+    submits(store, 3, tag="n")
+    phases = [phase for _ in range(4) for _, phase in store.claim_due(60, 1)]
+    assert phases in ([SUBMIT, JOB, SUBMIT, JOB], [JOB, SUBMIT, JOB, SUBMIT])
+
+
+def test_a_generation_moves_between_sets_as_its_phase_changes(subject, store):
+    gid = new(store, "r1", site="b").generation_id
+    assert store.scheduled_by_site() == {"b": {"submit": 1, "poll": 0}}
+    store.advance(gid, 30, posted_at=1.0)  # still submitting
+    assert store.scheduled_by_site() == {"b": {"submit": 1, "poll": 0}}
+    store.advance(gid, 0, phase=JOB, job_id="j", posted_at=None)
+    assert store.scheduled_by_site() == {"b": {"submit": 0, "poll": 1}}
+    assert store.claim_due(60, 10) == [(gid, JOB)]  # leased where it now lives
+    store.advance(gid, 0, phase=TRACK, track_id="t")
+    assert store.scheduled_by_site() == {"b": {"submit": 0, "poll": 1}}
+    store.finish(gid, OUTCOME_READY, {})
+    assert store.scheduled_by_site() == {} and store.counts()["scheduled"] == 0
+    cancelled = new(store, "r2", upload="u2", site="c").generation_id
+    store.advance(cancelled, 0, phase=JOB, job_id="j2")
+    store.cancel("r2", CANCELLED)
+    assert store.scheduled_by_site() == {} and store.claim_due(60, 10) == []
+    if subject.kind == "redis":  # no named site is left listed, no set left behind
+        assert store.client.smembers(f"{store.prefix}:sites") == set()
+        assert not any(store.client.exists(k) for site in ("b", "c") for k in store.schedule_keys(site))
+
+
+def test_repair_puts_each_generation_back_in_its_own_set(subject, store):
+    lost = [submits(store, 1, tag="d")[0], overdue_polls(store, 1, site="b")[0], submits(store, 1, site="c")[0]]
+    kept = overdue_polls(store, 1, tag="k")[0]
+    before = store.scheduled_by_site()
+    for gid in lost:
+        subject.drop_due(store, gid)
+    assert store.counts()["scheduled"] == 1
+    assert store.repair_orphans(batch=2) == 3
+    assert store.scheduled_by_site() == before
+    assert sorted(claimed_ids(store)) == sorted(lost + [kept])
+    assert store.repair_orphans() == 0
+
+
+def test_counts_and_sizes_cover_every_site_and_kind(store):
+    submits(store, 2)
+    overdue_polls(store, 1)
+    submits(store, 1, site="a")
+    overdue_polls(store, 3, site="b")
+    assert store.scheduled_by_site() == {"": {"submit": 2, "poll": 1}, "a": {"submit": 1, "poll": 0},
+                                         "b": {"submit": 0, "poll": 3}}
+    assert store.counts() == {"scheduled": 7, "in_flight": 7, "finishing": 0}
 
 
 # -- load_generation / advance ----------------------------------------------------------

@@ -26,6 +26,13 @@ SUBMIT, JOB, TRACK, DONE = "submit", "job", "track", "done"
 WAITING, FINISHING, READY, FAILED = "waiting", "finishing", "ready", "failed"
 # Outcomes
 OUTCOME_READY, OUTCOME_ERROR = "ready", "error"
+# The two halves of a site's schedule: generations not yet submitted, and those polled.
+SCHEDULE_SUBMIT, SCHEDULE_POLL = "submit", "poll"
+
+
+def schedule_kind(phase: str) -> str:
+    """Which half of its site's schedule a generation in ``phase`` waits in."""
+    return SCHEDULE_SUBMIT if phase == SUBMIT else SCHEDULE_POLL
 
 
 # Generation attributes Store.advance may change -> their hash field names (kept short:
@@ -246,7 +253,14 @@ class Store(Protocol):
                        name: str | None, environment: str | None, on_ready: list[dict], on_error: list[dict],
                        ttl: float, fingerprint: str = "", max_joins: int = 0, site: str = "") -> Created: ...
 
-    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]: ...
+    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
+        """Up to ``limit`` due steps as (generation, phase), each leased ``lease`` seconds.
+
+        Fair by construction: the room is shared equally among the sites with due work
+        (what one cannot use goes to the others), each site's share half to generations
+        still to submit and half to polls (likewise), and with ``pace`` > 0 each site
+        hands out at most ``pace`` steps per ``window`` seconds, counted fleet-wide.
+        """
     def release(self, generation_id: str) -> None: ...
     def load_generation(self, generation_id: str) -> Generation | None: ...
     def advance(self, generation_id: str, delay: float, **fields: Any) -> bool: ...
@@ -266,6 +280,14 @@ class Store(Protocol):
     def preferred_body_type(self, site: str = "") -> str | None: ...
     def remember_body_type(self, body_type: str, site: str = "") -> None: ...
     def counts(self) -> dict[str, int]: ...
+    def scheduled_by_site(self) -> dict[str, dict[str, int]]:
+        """Sites with scheduled entries ("" the default) -> {"submit": n, "poll": n}."""
+
+    # -- sweep cursor (subtitle_tasks/sweep.py) ----------------------------------------
+    def sweep_cursor(self, site: str = "") -> dict | None:
+        """Where a site's sweeps got to ("" the default site); None if none was kept."""
+    def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
+        """Replace a site's sweep cursor (a JSON object), kept ``ttl`` seconds."""
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     def watch_beat(self, worker: str, broker: str, fence: float) -> bool: ...

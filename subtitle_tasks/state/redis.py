@@ -1,15 +1,23 @@
-"""The Redis store: hashes per request and generation, one sorted set of due steps.
+"""The Redis store: hashes per request and generation, sorted sets of due steps per site.
 
-Keys (``P`` is ``SUBTITLE_TASKS_KEY_PREFIX``)::
+Keys (``P`` is ``SUBTITLE_TASKS_KEY_PREFIX``; ``[:{site}]`` is absent for the default
+site, ``:alias`` for a named one)::
 
-    P:req:{request_id}   hash   one caller's request
-    P:gen:{gen_id}       hash   one DatoCMS generation, shared by its subscribers
-    P:active             hash   "env|upload|language" -> generation in flight (dedup)
-    P:due                zset   generation -> when its next step is due (server clock)
-    P:finishing          zset   request -> when its callbacks started being sent
-    P:lock:{name}        string who is working on a generation (or notifying a request)
-    P:body_type[:{site}] string the request body type the API accepted last (per site)
-    P:dispatched         string steps handed out in the current pacing window
+    P:req:{request_id}    hash   one caller's request
+    P:gen:{gen_id}        hash   one DatoCMS generation, shared by its subscribers
+    P:active              hash   "env|upload|language" -> generation in flight (dedup)
+    P:submit[:{site}]     zset   generation still in phase submit -> when its next step is due
+    P:due[:{site}]        zset   generation being polled -> when its next step is due
+    P:sites               set    named sites with entries in their schedule sets
+    P:finishing           zset   request -> when its callbacks started being sent
+    P:lock:{name}         string who is working on a generation (or notifying a request)
+    P:body_type[:{site}]  string the request body type the API accepted last (per site)
+    P:dispatched[:{site}] string steps handed out in the site's current pacing window
+    P:claim_turn          string which site claims first (claim_due.lua's rotation)
+
+Due times are the server's clock. ``P:due`` held every generation before schedules
+were kept per site; it is the default site's poll set now, so entries written by
+an older version are still handed out and move to their own set at their next step.
 
 Every multi-key change is one Lua script, so a worker killed at any instant leaves
 either the state before or the state after, never a mix. Times come from the Redis
@@ -33,25 +41,52 @@ _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settl
             "extend_lock")
 
 _REPAIR = """
--- Re-add to the due set every generation in flight that has no due entry (a lost
--- write, a manual edit). ARGV: prefix, gid...   Returns how many were repaired.
+-- Re-add to its schedule set every generation in flight that is in none (a lost
+-- write, a manual edit). ARGV: prefix, (site hint, gid)...  The hint is the site named
+-- in the generation's P:active field; a wrong one only costs a hash read.
+-- Returns how many were repaired.
 local prefix = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local function sets_of(site)
+  local suffix = site == '' and '' or ':' .. site
+  return prefix .. ':submit' .. suffix, prefix .. ':due' .. suffix
+end
+local function scheduled_in(site, gid)
+  local submits, polls = sets_of(site)
+  return redis.call('ZSCORE', polls, gid) or redis.call('ZSCORE', submits, gid)
+end
 local repaired = 0
-for i = 2, #ARGV do
-  local gid = ARGV[i]
-  -- The schedule check first: almost every generation has its entry, so the hash is
-  -- read only for the rare one that does not.
-  if not redis.call('ZSCORE', prefix .. ':due', gid) then
-    local phase = redis.call('HGET', prefix .. ':gen:' .. gid, 'phase')
-    if phase and phase ~= 'done' then
-      redis.call('ZADD', prefix .. ':due', now, gid)
+for i = 2, #ARGV - 1, 2 do
+  local hint, gid = ARGV[i], ARGV[i + 1]
+  -- Schedule checks first (polls first: most generations in flight are polling; P:due
+  -- also holds entries an older version filed there), so the hash is read only for
+  -- the rare generation that has no entry.
+  if not scheduled_in(hint, gid) and not (hint ~= '' and redis.call('ZSCORE', prefix .. ':due', gid)) then
+    local gen = redis.call('HMGET', prefix .. ':gen:' .. gid, 'phase', 'site')
+    local phase, site = gen[1], gen[2] or ''
+    if phase and phase ~= 'done' and (site == hint or not scheduled_in(site, gid)) then
+      local submits, polls = sets_of(site)
+      redis.call('ZADD', phase == 'submit' and submits or polls, now, gid)
+      if site ~= '' then redis.call('SADD', prefix .. ':sites', site) end
       repaired = repaired + 1
     end
   end
 end
 return repaired
+"""
+
+_SCHEDULE_SIZES = """
+-- Entries per schedule set: {site, submits, polls, ...} for the default site ('')
+-- and every named site listed in P:sites. ARGV: prefix
+local prefix = ARGV[1]
+local out = {'', redis.call('ZCARD', prefix .. ':submit'), redis.call('ZCARD', prefix .. ':due')}
+for _, site in ipairs(redis.call('SMEMBERS', prefix .. ':sites')) do
+  out[#out + 1] = site
+  out[#out + 1] = redis.call('ZCARD', prefix .. ':submit:' .. site)
+  out[#out + 1] = redis.call('ZCARD', prefix .. ':due:' .. site)
+end
+return out
 """
 
 
@@ -68,6 +103,12 @@ return 1
 def database_index(client: redis.Redis) -> int:
     """Which database of its server a client talks to."""
     return int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+
+
+def schedule_keys(prefix: str, site: str = "") -> tuple[str, str]:
+    """A site's (submit set, poll set) keys; the default site's poll set is the old shared P:due."""
+    suffix = f":{site}" if site else ""
+    return f"{prefix}:submit{suffix}", f"{prefix}:due{suffix}"
 
 
 def _text(value: Any) -> str:
@@ -87,6 +128,7 @@ class RedisStore:
         folder = resources.files(__package__) / "scripts"
         self._scripts = {name: client.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS}
         self._repair = client.register_script(_REPAIR)
+        self._schedule_sizes = client.register_script(_SCHEDULE_SIZES)
         self._request_counter = client.register_script(_REQUEST_COUNTER)
 
     def _run(self, name: str, *args: Any) -> Any:
@@ -122,7 +164,10 @@ class RedisStore:
 
     # -- scheduling -------------------------------------------------------------------
     def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
-        """Due steps, leased; ``pace`` > 0 caps the fleet at that many per ``window`` seconds."""
+        """Due steps, leased, shared fairly among sites and between submits and polls.
+
+        ``pace`` > 0 caps each site at that many per ``window`` seconds, fleet-wide.
+        """
         flat = self._run("claim_due", lease, limit, pace, window)
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
@@ -137,11 +182,16 @@ class RedisStore:
         return repaired
 
     def _scan_active(self, batch: int):
+        """Generations in flight as flat (site hint, generation id) pairs, a batch at a time."""
         cursor = 0
         while True:
             cursor, entries = self.client.hscan(f"{self.prefix}:active", cursor, count=batch)
             if entries:
-                yield [_text(v) for v in entries.values()]
+                flat = []
+                for field, gid in entries.items():
+                    site, sep, _ = _text(field).partition("#")  # dedup_field: [site#]env|upload|language
+                    flat += [site if sep else "", _text(gid)]
+                yield flat
             if cursor == 0:
                 return
 
@@ -218,13 +268,45 @@ class RedisStore:
     def remember_body_type(self, body_type: str, site: str = "") -> None:
         self.client.set(self._body_type_key(site), body_type)
 
+    def schedule_keys(self, site: str = "") -> tuple[str, str]:
+        """A site's (submit set, poll set) keys."""
+        return schedule_keys(self.prefix, site)
+
+    def scheduled_by_site(self) -> dict[str, dict[str, int]]:
+        """Sites with scheduled entries -> {"submit": n, "poll": n} (the default site is "")."""
+        flat = self._schedule_sizes(args=[self.prefix])
+        sizes = {_text(flat[i]): {"submit": int(flat[i + 1]), "poll": int(flat[i + 2])}
+                 for i in range(0, len(flat), 3)}
+        return {site: n for site, n in sizes.items() if n["submit"] or n["poll"]}
+
     def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(f"{self.prefix}:due")
         pipe.hlen(f"{self.prefix}:active")
         pipe.zcard(f"{self.prefix}:finishing")
-        due, active, finishing = pipe.execute()
-        return {"scheduled": due, "in_flight": active, "finishing": finishing}
+        active, finishing = pipe.execute()
+        scheduled = sum(n["submit"] + n["poll"] for n in self.scheduled_by_site().values())
+        return {"scheduled": scheduled, "in_flight": active, "finishing": finishing}
+
+    # -- sweep cursor (subtitle_tasks/sweep.py) ----------------------------------------
+    # Key: P:sweep[:{site}] string, a JSON object, with a TTL. Named sites get a suffix
+    # like P:body_type[:{site}], so no alias (not even "default") can share the default's.
+    def _sweep_key(self, site: str) -> str:
+        return f"{self.prefix}:sweep:{site}" if site else f"{self.prefix}:sweep"
+
+    def sweep_cursor(self, site: str = "") -> dict | None:
+        import json  # local: this region is edited apart from the module's imports
+
+        raw = self.client.get(self._sweep_key(site))
+        try:
+            cursor = json.loads(raw) if raw else None
+        except ValueError:
+            return None  # unreadable: the next sweep starts over, which is safe
+        return cursor if isinstance(cursor, dict) else None
+
+    def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
+        import json
+
+        self.client.set(self._sweep_key(site), json.dumps(cursor, separators=(",", ":")), px=lock_millis(ttl))
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     # Keys: P:cbworkers zset (worker -> last heartbeat), P:cbworker:{w} hash (broker,

@@ -5,22 +5,26 @@ process that wants the pipeline without Redis. Threads of one process share it;
 separate processes do not, and nothing survives a restart.
 
 It mirrors the Redis layout on purpose: records are hashes of strings parsed by the
-same ``from_hash`` constructors, the due and finishing sets are score maps ordered
-like sorted sets, and keys with a TTL expire when next touched (plus an occasional
-sweep), as Redis expires keys lazily and in the background.
+same ``from_hash`` constructors, the schedule and finishing sets are score maps
+ordered like sorted sets, and keys with a TTL expire when next touched (plus an
+occasional sweep), as Redis expires keys lazily and in the background. The schedule is
+one score map plus, per generation, which of Redis's per-site sets would hold it; an
+in-memory store has no entries from before per-site schedules to migrate.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 import time
 import uuid
 from typing import Any, Callable, Sequence
 
 from .base import (
-    DONE, FINISHING, SUBMIT, WAITING, BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields,
-    dedup_field, encode_value as _encode, lock_millis, writes_groups,
+    DONE, FINISHING, SCHEDULE_POLL, SCHEDULE_SUBMIT, SUBMIT, WAITING, BrokerWrites, Created, Generation,
+    RequestRecord, encode_generation_fields, dedup_field, encode_value as _encode, lock_millis, schedule_kind,
+    writes_groups,
 )
 
 def _stamp(t: float) -> str:
@@ -82,11 +86,14 @@ class MemoryStore:
         self._keys = _Keyspace()                # "req:{id}", "gen:{id}" hashes; "lock:{name}" tokens
         self._active: dict[str, str] = {}       # dedup field -> generation in flight
         self._due: dict[str, float] = {}        # generation -> when its next step is due
+        # generation -> (site, "submit" | "poll"): which of Redis's schedule sets holds it
+        self._slot: dict[str, tuple[str, str]] = {}
         self._finishing: dict[str, float] = {}  # request -> when its callbacks started
         self._body_types: dict[str, str] = {}  # site -> body type
         self.broker_writes: list[BrokerWrites] = []  # what settle would have queued on a broker
         self._next_sweep = float("-inf")
-        self._pace_used, self._pace_window_ends = 0, float("-inf")  # claim_due's pacing window
+        self._paced: dict[str, tuple[int, float]] = {}  # site -> (steps handed out, its pacing window's end)
+        self._claim_turn = 0  # which site claims first (claim_due.lua's rotation)
 
     # -- internals --------------------------------------------------------------------
     def _now(self) -> float:
@@ -111,12 +118,21 @@ class MemoryStore:
     def _end_generation(self, gid: str, gen: dict[str, str], now: float, **fields: str) -> None:
         """Mark done, drop it from the schedule and the dedup index, start its retention."""
         gen.update(phase=DONE, finished=_stamp(now), **fields)
-        self._due.pop(gid, None)
+        self._unschedule(gid)
         dedup = gen.get("dedup")
         if dedup and self._active.get(dedup) == gid:
             del self._active[dedup]
         # The generation outlives its requests' retention slightly: status() reads both.
         self._keys.expire(f"gen:{gid}", max(0.001, self.retention) + 3600, now)
+
+    def _schedule(self, gid: str, gen: dict[str, str], due: float) -> None:
+        """File a generation in its site's submit or poll set (as advance.lua does)."""
+        self._due[gid] = due
+        self._slot[gid] = (gen.get("site") or "", schedule_kind(gen.get("phase", "")))
+
+    def _unschedule(self, gid: str) -> None:
+        self._due.pop(gid, None)
+        self._slot.pop(gid, None)
 
     @staticmethod
     def _first_by_score(scores: dict[str, float], upto: float, limit: int) -> list[str]:
@@ -157,7 +173,7 @@ class MemoryStore:
                     "created": _stamp(now), "deadline": _stamp(ends), "due": _stamp(now), "subs": request_id,
                 }, now=now)
                 self._active[dedup] = gid
-                self._due[gid] = now
+                self._schedule(gid, self._gen(gid, now), now)
             self._keys.set(f"req:{request_id}", {
                 "gen": gid, "upload": upload_id, "lang": language_code, "state": WAITING,
                 "created": _stamp(now), "deadline": _stamp(ends), "on_ready": on_ready_raw, "on_error": on_error_raw,
@@ -194,26 +210,81 @@ class MemoryStore:
 
     # -- scheduling -------------------------------------------------------------------
     def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
+        """claim_due.lua's rules: room shared equally among sites, half to submits, pace per site."""
         with self._lock:
             now = self._now()
+            if limit <= 0:
+                return []
+            lease = max(lease, 0.001)  # a leased entry must not come due again within this claim
+            # Each set's due entries in ZRANGEBYSCORE order; taking pops from the front.
+            due_now: dict[tuple[str, str], list[str]] = {}
+            for gid in self._first_by_score(self._due, now, -1):
+                due_now.setdefault(self._slot[gid], []).append(gid)
+            sites = [""] + sorted({site for site, _ in (self._slot[g] for g in self._due) if site})
+            turn = self._claim_turn
+            out: list[tuple[str, str]] = []
+
+            def take(slot: tuple[str, str], n: int) -> tuple[int, bool]:
+                if n <= 0:
+                    return 0, False
+                queue = due_now.get(slot, [])
+                ids, queue[:n] = queue[:n], []
+                got = 0
+                for gid in ids:
+                    gen = self._gen(gid, now)
+                    phase = gen.get("phase") if gen else None
+                    if phase in (None, DONE):
+                        self._unschedule(gid)  # a stale entry: nothing left to step
+                    else:
+                        # The lease: if the step handed out is lost, the entry simply comes due again.
+                        self._due[gid] = now + lease
+                        out.append((gid, phase))
+                        got += 1
+                return got, len(ids) < n
+
+            def claim_site(site: str, want: int) -> tuple[int, bool]:
+                submit_share = want // 2 + (1 if want % 2 and turn % 2 == 0 else 0)
+                s_got, s_out = take((site, SCHEDULE_SUBMIT), submit_share)
+                p_got, p_out = take((site, SCHEDULE_POLL), want - s_got)
+                more = 0
+                if s_got + p_got < want and not s_out:
+                    more, s_out = take((site, SCHEDULE_SUBMIT), want - s_got - p_got)
+                return s_got + p_got + more, s_out and p_out
+
+            def used(site: str) -> int:
+                count, ends = self._paced.get(site, (0, -math.inf))
+                return 0 if now >= ends else count
+
+            active = []  # [site, budget, got, ran_out] in turn order
+            for i in range(len(sites)):
+                site = sites[(turn + i) % len(sites)]
+                budget = min(limit, pace - used(site)) if pace > 0 else limit
+                if budget > 0:
+                    active.append([site, budget, 0, False])
+            room, spent = limit, {}
+            while room > 0 and active:
+                share, extra = divmod(room, len(active))
+                still = []
+                for i, entry in enumerate(active):
+                    want = min(share + (1 if i < extra else 0), entry[1])
+                    if want > 0:
+                        got, entry[3] = claim_site(entry[0], want)
+                        entry[1] -= got
+                        entry[2] += got
+                        room -= got
+                    if entry[1] > 0 and not entry[3]:
+                        still.append(entry)
+                    spent[entry[0]] = entry
+                active = still
             if pace > 0:
-                if now >= self._pace_window_ends:
-                    self._pace_used, self._pace_window_ends = 0, now + window
-                limit = min(limit, pace - self._pace_used)
-                if limit <= 0:
-                    return []
-            out = []
-            for gid in self._first_by_score(self._due, now, limit):
-                gen = self._gen(gid, now)
-                phase = gen.get("phase") if gen else None
-                if phase in (None, DONE):
-                    del self._due[gid]  # a stale entry: nothing left to step
-                else:
-                    # The lease: if the step handed out is lost, the entry simply comes due again.
-                    self._due[gid] = now + lease
-                    out.append((gid, phase))
-            if pace > 0:
-                self._pace_used += len(out)
+                for site, _, got, _ in spent.values():
+                    if got:
+                        count, ends = self._paced.get(site, (0, -math.inf))
+                        if now >= ends:  # the first steps of a window start it (PEXPIRE on a fresh key)
+                            count, ends = 0, now + max(1, int(window * 1000)) / 1000.0
+                        self._paced[site] = (count + got, ends)
+            if out:
+                self._claim_turn += 1
             return out
 
     def release(self, generation_id: str) -> None:
@@ -227,7 +298,7 @@ class MemoryStore:
             for gid in set(self._active.values()):
                 gen = self._gen(gid, now)
                 if gen is not None and gen.get("phase") != DONE and gid not in self._due:
-                    self._due[gid] = now
+                    self._schedule(gid, gen, now)
                     repaired += 1
             return repaired
 
@@ -253,7 +324,7 @@ class MemoryStore:
                 else:
                     gen[name] = value
             gen["due"] = _stamp(due)
-            self._due[generation_id] = due
+            self._schedule(generation_id, gen, due)  # into the other set when the phase moved on
             return True
 
     def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:
@@ -353,6 +424,31 @@ class MemoryStore:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return {"scheduled": len(self._due), "in_flight": len(self._active), "finishing": len(self._finishing)}
+
+    def scheduled_by_site(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            sizes: dict[str, dict[str, int]] = {}
+            for gid in self._due:
+                site, kind = self._slot[gid]
+                sizes.setdefault(site, {SCHEDULE_SUBMIT: 0, SCHEDULE_POLL: 0})[kind] += 1
+            return sizes
+
+    # -- sweep cursor (subtitle_tasks/sweep.py; RedisStore's P:sweep[:{site}]) ---------
+    def sweep_cursor(self, site: str = "") -> dict | None:
+        import json  # local: this region is edited apart from the module's imports
+
+        with self._lock:
+            raw = self._keys.get(f"sweep:{site}" if site else "sweep", self._now())
+        cursor = json.loads(raw) if raw else None
+        return cursor if isinstance(cursor, dict) else None
+
+    def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
+        import json
+
+        raw = json.dumps(cursor, separators=(",", ":"))  # stored as text: a caller's dict stays its own
+        with self._lock:
+            now = self._now()
+            self._keys.set(f"sweep:{site}" if site else "sweep", raw, lock_millis(ttl) / 1000.0, now=now)
 
     # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
     def _watch_workers(self, now: float) -> dict[str, float]:

@@ -1,12 +1,34 @@
 -- Record a step's outcome and when the next step is due, unless the generation has
 -- finished meanwhile (a cancel or a concurrent finisher won: then do nothing).
+-- The entry goes to its site's submit set while the phase is `submit`, to its poll
+-- set after (claim_due.lua shares each claim between the two), and leaves the other
+-- one, and the old shared P:due if it was filed there before per-site schedules.
 -- ARGV: prefix, generation_id, delay_seconds, field, value, ...
 -- Returns 1 when applied, 0 when the generation is finished or gone.
 local prefix, gid, delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local gen_key = prefix .. ':gen:' .. gid
-local phase = redis.call('HGET', gen_key, 'phase')
+local current = redis.call('HMGET', gen_key, 'phase', 'site')
+local phase, site = current[1], current[2] or ''
 if (not phase) or phase == 'done' then
   return 0
+end
+for i = 4, #ARGV - 1, 2 do
+  if ARGV[i] == 'phase' and ARGV[i + 1] ~= '' then phase = ARGV[i + 1] end
+end
+local suffix = site == '' and '' or ':' .. site
+local submits, polls = prefix .. ':submit' .. suffix, prefix .. ':due' .. suffix
+local target, other = polls, submits
+if phase == 'submit' then target, other = submits, polls end
+-- Checked before the first write: Redis does not undo a script that fails halfway.
+local expected = {{target, 'zset'}, {other, 'zset'}}
+if site ~= '' then
+  expected[3], expected[4] = {prefix .. ':due', 'zset'}, {prefix .. ':sites', 'set'}
+end
+for _, pair in ipairs(expected) do
+  local kind = redis.call('TYPE', pair[1])['ok']
+  if kind ~= pair[2] and kind ~= 'none' then
+    return redis.error_reply(pair[1] .. ' holds a ' .. kind .. ', not a ' .. pair[2])
+  end
 end
 local t = redis.call('TIME')
 local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay
@@ -19,5 +41,10 @@ for i = 4, #ARGV - 1, 2 do
   end
 end
 redis.call('HSET', gen_key, 'due', string.format('%.6f', due))
-redis.call('ZADD', prefix .. ':due', due, gid)
+redis.call('ZREM', other, gid)
+if site ~= '' then
+  redis.call('ZREM', prefix .. ':due', gid)  -- filed there before per-site schedules
+  redis.call('SADD', prefix .. ':sites', site)
+end
+redis.call('ZADD', target, due, gid)
 return 1

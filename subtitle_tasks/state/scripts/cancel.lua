@@ -11,6 +11,22 @@ local function dedup_of(gen_key)
   return key
 end
 
+-- Take a generation off every schedule set it may be in: its site's submit and poll
+-- sets and the shared P:due of before per-site schedules; a named site left with
+-- nothing scheduled leaves the list of sites claim_due.lua looks at.
+local function unschedule(prefix, gid, site)
+  local submits, polls = prefix .. ':submit', prefix .. ':due'
+  redis.call('ZREM', polls, gid)
+  if site then
+    submits, polls = submits .. ':' .. site, polls .. ':' .. site
+    redis.call('ZREM', polls, gid)
+  end
+  redis.call('ZREM', submits, gid)
+  if site and redis.call('ZCARD', submits) == 0 and redis.call('ZCARD', polls) == 0 then
+    redis.call('SREM', prefix .. ':sites', site)
+  end
+end
+
 local prefix, rid, err, retention = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local req_key = prefix .. ':req:' .. rid
 local state = redis.call('HGET', req_key, 'state')
@@ -33,7 +49,7 @@ end
 local phase = redis.call('HGET', gen_key, 'phase')
 if not still_waiting and phase and phase ~= 'done' then
   redis.call('HSET', gen_key, 'phase', 'done', 'outcome', 'cancelled', 'finished', string.format('%.6f', now))
-  redis.call('ZREM', prefix .. ':due', gid)
+  unschedule(prefix, gid, redis.call('HGET', gen_key, 'site'))
   local dedup = dedup_of(gen_key)
   if redis.call('HGET', prefix .. ':active', dedup) == gid then
     redis.call('HDEL', prefix .. ':active', dedup)

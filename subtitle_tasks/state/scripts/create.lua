@@ -29,8 +29,15 @@ if existing[1] then
   return {existing[1], 0, 'existed'}
 end
 
-local active_key, due_key = prefix .. ':active', prefix .. ':due'
-for _, pair in ipairs({{active_key, 'hash'}, {due_key, 'zset'}}) do
+-- A new generation waits in its site's submit set (claim_due.lua); the poll set it
+-- moves to after its POST is checked too, so a broken schedule is refused at the edge
+-- rather than by the first step.
+local suffix = site == '' and '' or ':' .. site
+local active_key, submit_key = prefix .. ':active', prefix .. ':submit' .. suffix
+local sites_key = prefix .. ':sites'
+local expected = {{active_key, 'hash'}, {prefix .. ':due' .. suffix, 'zset'}, {submit_key, 'zset'}}
+if site ~= '' then expected[#expected + 1] = {sites_key, 'set'} end
+for _, pair in ipairs(expected) do
   local kind = redis.call('TYPE', pair[1])['ok']
   if kind ~= pair[2] and kind ~= 'none' then
     return redis.error_reply(pair[1] .. ' holds a ' .. kind .. ', not a ' .. pair[2])
@@ -79,7 +86,8 @@ else
   if site ~= '' then fields[#fields + 1] = 'site'; fields[#fields + 1] = site end
   redis.call('HSET', gen_key, unpack(fields))
   redis.call('HSET', active_key, dedup, gid)
-  redis.call('ZADD', due_key, now, gid)
+  redis.call('ZADD', submit_key, now, gid)
+  if site ~= '' then redis.call('SADD', sites_key, site) end
 end
 redis.call('HSET', req_key, 'gen', gid, 'upload', upload, 'lang', lang, 'state', 'waiting',
   'created', string.format('%.6f', now), 'deadline', string.format('%.6f', deadline), 'fp', fingerprint)

@@ -11,6 +11,22 @@ local function dedup_of(gen_key)
   return key
 end
 
+-- Take a generation off every schedule set it may be in: its site's submit and poll
+-- sets and the shared P:due of before per-site schedules; a named site left with
+-- nothing scheduled leaves the list of sites claim_due.lua looks at.
+local function unschedule(prefix, gid, site)
+  local submits, polls = prefix .. ':submit', prefix .. ':due'
+  redis.call('ZREM', polls, gid)
+  if site then
+    submits, polls = submits .. ':' .. site, polls .. ':' .. site
+    redis.call('ZREM', polls, gid)
+  end
+  redis.call('ZREM', submits, gid)
+  if site and redis.call('ZCARD', submits) == 0 and redis.call('ZCARD', polls) == 0 then
+    redis.call('SREM', prefix .. ':sites', site)
+  end
+end
+
 local prefix, gid, outcome, result, retention = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local gen_key = prefix .. ':gen:' .. gid
 local phase = redis.call('HGET', gen_key, 'phase')
@@ -21,7 +37,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 redis.call('HSET', gen_key, 'phase', 'done', 'outcome', outcome, 'result', result,
   'finished', string.format('%.6f', now))
-redis.call('ZREM', prefix .. ':due', gid)
+unschedule(prefix, gid, redis.call('HGET', gen_key, 'site'))
 local active_key = prefix .. ':active'
 local dedup = dedup_of(gen_key)
 if redis.call('HGET', active_key, dedup) == gid then
