@@ -45,7 +45,7 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.sites = settings.site_registry()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # client_for builds the store under it
         self._store: RedisStore | None = None
         self._clients: dict[str, Any] = {}
 
@@ -114,8 +114,9 @@ class Runtime:
         self._clients, self._store = {}, None
 
     def _forget_connections(self) -> None:
-        # In a forked child: the parent's sockets are not ours to close.
-        self._lock = threading.Lock()
+        # In a forked child: the parent's sockets are not ours to close, and its lock may
+        # have been held by a thread that does not exist here.
+        self._lock = threading.RLock()
         self._clients, self._store = {}, None
 
 

@@ -78,6 +78,31 @@ def _optional_str(name: str, raw: Any) -> str | None:
     return value or None
 
 
+def parse_language_list(name: str, raw: Any) -> tuple[str, ...]:
+    """Comma-separated (or a list of) language tags, each checked as request_subtitles checks one."""
+    from . import validation  # here, not at the top: validation is the edge's, settings load first
+    from .errors import InvalidSubtitleRequest
+
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, (list, tuple)):
+        raise ConfigurationError(f"{name} must be comma-separated language tags such as 'it,en', got {raw!r}")
+    tags: list[str] = []
+    for item in items:
+        tag = item.strip() if isinstance(item, str) else item
+        if tag == "":
+            continue
+        try:
+            tags.append(validation.language_code(tag, check_supported=False))
+        except InvalidSubtitleRequest as exc:
+            raise ConfigurationError(f"{name}: {exc.message}") from None
+        if tag.split("-")[0].lower() not in validation.SUPPORTED_LANGUAGES:
+            raise ConfigurationError(f"{name}: Mux does not caption {tag!r}; supported: "
+                                     f"{', '.join(sorted(validation.SUPPORTED_LANGUAGES))}")
+    if len({t.lower() for t in tags}) != len(tags):
+        raise ConfigurationError(f"{name} names a language twice: {raw!r}")
+    return tuple(tags)
+
+
 def _http_url(name: str, raw: Any) -> str:
     value = str(raw).strip().rstrip("/")
     parts = urlsplit(value)
@@ -161,6 +186,9 @@ class Settings:
     max_response_bytes: int = 1048576  # an API answer larger than this is refused unread
     sites: Mapping[str, Site] = field(default_factory=dict)  # alias -> site, besides the default one
     sites_file: str | None = None  # a JSON file of more sites, re-read when it changes
+    # -- the sweep (sweep.py) --
+    auto_languages: tuple[str, ...] = ()  # tags a sweep asks for on new videos; empty: sweeps are off
+    sweep_share: float = 0.25  # of a site's per-window API budget one sweep may spend
 
     @property
     def state_url(self) -> str | None:
@@ -232,6 +260,9 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "max_response_bytes": ("SUBTITLE_TASKS_MAX_RESPONSE_BYTES", _positive_int),
     "sites": ("SUBTITLE_TASKS_SITES", lambda name, raw: raw),  # parsed once base_url is known
     "sites_file": ("SUBTITLE_TASKS_SITES_FILE", _optional_str),
+    # -- the sweep (sweep.py) --
+    "auto_languages": ("SUBTITLE_TASKS_AUTO_LANGUAGES", parse_language_list),
+    "sweep_share": ("SUBTITLE_TASKS_SWEEP_SHARE", _share),
 }
 
 # Plain characters only: the prefix is matched literally in the broker-key checks.

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections import deque
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -45,6 +46,7 @@ from subtitle_tasks.datocms import (
     TransientAPIError,
     Unauthorized,
     UnexpectedServerError,
+    Upload,
     UploadTrack,
     parse_api_errors,
     parse_job_result,
@@ -1489,3 +1491,99 @@ def test_announced_plan_lowers_a_shared_limiters_budget(make_client, transport):
     client.list_tracks("up-1")
     snap = limiter.snapshot()
     assert (snap["plan"], snap["effective_limit"], snap["used"], snap["foreign"]) == (30, 24, 1, 0)
+
+
+# ------------------------------------------------------------- listing uploads (GET /uploads)
+
+
+def upload_resource(upload_id: str = "up-1", created_at: Any = "2026-03-01T10:00:00.250Z", **attributes: Any) -> dict:
+    return {
+        "id": upload_id,
+        "type": "upload",
+        "attributes": {
+            "size": 444, "path": f"/45/1-{upload_id}.mp4", "filename": f"{upload_id}.mp4",
+            "url": f"https://www.datocms-assets.com/45/1-{upload_id}.mp4", "format": "mp4", "mime_type": "video/mp4",
+            "md5": "873c296d0f2b7ee569f2d7ddaebc0d33", "duration": 62, "frame_rate": 30, "is_image": False,
+            "mux_playback_id": "a1B2c3D4e5F6g7H8i9", "mux_mp4_highest_res": "high", "created_at": created_at,
+            "some_future_attribute": {"ignored": True},
+            **attributes,
+        },
+    }
+
+
+def test_list_uploads_sends_the_documented_query(client, transport):
+    from urllib.parse import parse_qs, urlsplit
+
+    transport.reply(200, {"data": [upload_resource("a"), upload_resource("b")], "meta": {"total_count": 7}})
+    uploads, total = client.list_uploads(offset=5, limit=2)
+    sent = transport.requests[0]
+    parts = urlsplit(sent.url)
+    assert sent.method == "GET" and parts.path == "/uploads" and sent.body is None
+    assert parse_qs(parts.query) == {"filter[fields][type][eq]": ["video"], "order_by": ["_created_at_DESC"],
+                                     "page[offset]": ["5"], "page[limit]": ["2"]}
+    assert [u.id for u in uploads] == ["a", "b"] and total == 7
+    first = uploads[0]
+    assert first.created_at == datetime(2026, 3, 1, 10, 0, 0, 250000, tzinfo=timezone.utc)
+    assert (first.duration, first.frame_rate, first.mux_playback_id) == (62.0, 30.0, "a1B2c3D4e5F6g7H8i9")
+    assert first.is_video and first.on_mux and first.resource["id"] == "a"
+
+    transport.reply(200, {"data": [], "meta": {"total_count": 0}})
+    assert client.list_uploads(video_only=False, newest_first=False) == ([], 0)
+    query = parse_qs(urlsplit(transport.requests[1].url).query)
+    assert "filter[fields][type][eq]" not in query and query["order_by"] == ["_created_at_ASC"]
+    assert query["page[offset]"] == ["0"] and query["page[limit]"] == ["100"]
+
+
+@pytest.mark.parametrize("kwargs", [{"limit": 0}, {"limit": 501}, {"limit": True}, {"offset": -1}, {"offset": 1.5}])
+def test_list_uploads_refuses_bad_pages_before_any_request(client, transport, kwargs):
+    with pytest.raises(ValueError):
+        client.list_uploads(**kwargs)
+    assert transport.requests == []
+
+
+@pytest.mark.parametrize("body", [
+    {"data": {}, "meta": {"total_count": 1}},
+    {"data": [], "meta": {}},
+    {"data": [], "meta": {"total_count": True}},
+    {"data": [], "meta": {"total_count": -1}},
+    {"data": [{"type": "upload", "id": "x"}], "meta": {"total_count": 1}},
+    {"data": [upload_resource(created_at="2026-03-01T10:00:00")], "meta": {"total_count": 1}},  # no offset
+    {"data": [upload_resource(duration="62")], "meta": {"total_count": 1}},
+    {"data": [upload_resource(mux_playback_id=7)], "meta": {"total_count": 1}},
+    {"data": [upload_resource() | {"type": "upload_track"}], "meta": {"total_count": 1}},
+])
+def test_list_uploads_unexpected_shape_is_protocol_error(client, transport, body):
+    transport.reply(200, body)
+    with pytest.raises(ProtocolError) as info:
+        client.list_uploads()
+    assert info.value.outcome_unknown is False  # a GET
+
+
+def test_upload_from_resource():
+    upload = Upload.from_resource(upload_resource(created_at="2026-03-01T12:00:00+02:00", mux_playback_id=None))
+    assert upload.created_at.timestamp() == datetime(2026, 3, 1, 10, tzinfo=timezone.utc).timestamp()
+    assert upload.is_video and not upload.on_mux
+    image = Upload.from_resource(upload_resource(mime_type="image/png", is_image=True, duration=None))
+    assert not image.is_video and image.duration is None
+    # Without a MIME type a Mux playback id says "video".
+    assert Upload.from_resource(upload_resource(mime_type=None)).is_video
+    assert hash(upload) == hash(Upload.from_resource(upload_resource(created_at="2026-03-01T10:00:00Z",
+                                                                     mux_playback_id=None)))
+    assert "resource" not in repr(upload)
+    for bad in (None, upload_resource(created_at=None), upload_resource(created_at="yesterday"),
+                upload_resource(duration=-1), upload_resource(is_image="no"), upload_resource() | {"id": ""},
+                upload_resource(created_at="2026-03-01T10:00:00\u0661Z")):
+        with pytest.raises(MalformedResource):
+            Upload.from_resource(bad)
+
+
+def test_list_uploads_against_the_simulator(sim_client):
+    sim, client = sim_client()
+    for n in range(3):
+        sim.add_upload(f"clip-{n}", age=60 * (n + 1))
+    sim.add_upload("photo", kind="image")
+    uploads, total = client.list_uploads(limit=2)
+    assert [u.id for u in uploads] == ["clip-0", "clip-1"] and total == 3
+    assert [u.id for u in client.list_uploads(offset=2)[0]] == ["clip-2"]
+    assert client.list_uploads(video_only=False, newest_first=False)[0][-1].id == "photo"
+    assert all(u.created_at.tzinfo is not None for u in uploads)

@@ -29,6 +29,7 @@ from subtitle_tasks.datocms import (
     MalformedResource,
     PermanentError,
     RetryableError,
+    Upload,
     UploadTrack,
     parse_api_errors,
     parse_job_result,
@@ -396,3 +397,95 @@ def test_list_tracks_answer_handling(answer):
         for track in outcome:
             check_track(track)
             no_token(track.resource)
+
+
+
+# ----------------------------------------------------------------- uploads (GET /uploads)
+
+timestamps = st.one_of(
+    st.sampled_from(["2026-03-01T10:00:00.250Z", "2026-03-01T12:00:00+02:00", "2026-03-01T10:00:00",
+                     "2026-03-01", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+01:00", "",
+                     "2026-13-01T00:00:00Z", "2026-03-01T10:00:00\u0661Z", "2026-03-01T10:00:00zz"]),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+    texts,
+)
+numbers = st.one_of(st.none(), st.integers(-5, 10 ** 6), st.floats(allow_nan=True, allow_infinity=True),
+                    st.builds(lambda: HUGE))
+
+
+def upload_fields(wrap) -> dict[str, st.SearchStrategy]:
+    return {
+        "type": wrap(st.just("upload")),
+        "id": wrap(ids),
+        "attributes": wrap(sometimes_missing({
+            "created_at": wrap(timestamps),
+            "mime_type": wrap(st.sampled_from(["video/mp4", "image/png", None])),
+            "is_image": wrap(st.one_of(st.none(), st.booleans())),
+            "duration": wrap(numbers),
+            "frame_rate": wrap(numbers),
+            "mux_playback_id": wrap(st.one_of(st.none(), texts)),
+            "mux_mp4_highest_res": wrap(st.sampled_from(["high", "medium", None])),
+            "filename": wrap(st.one_of(st.none(), texts)),
+            "format": wrap(st.one_of(st.none(), texts)),
+        })),
+    }
+
+
+upload_resources = st.one_of(st.fixed_dictionaries(upload_fields(lambda valid: valid)),
+                             sometimes_missing(upload_fields(maybe)))
+valid_upload_list_docs = st.fixed_dictionaries({
+    "data": st.lists(st.fixed_dictionaries({
+        "type": st.just("upload"), "id": ids,
+        "attributes": st.fixed_dictionaries({
+            "created_at": st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
+            "mime_type": st.just("video/mp4"), "duration": st.integers(0, 10 ** 5),
+            "mux_playback_id": st.one_of(st.none(), st.text(min_size=1, max_size=8))}),
+    }), max_size=3),
+    "meta": st.fixed_dictionaries({"total_count": st.integers(0, 10 ** 6)}),
+})
+upload_list_docs = st.fixed_dictionaries({
+    "data": maybe(st.lists(upload_resources, max_size=3)),
+    "meta": maybe(sometimes_missing({"total_count": maybe(st.integers(-3, 10 ** 6))})),
+})
+
+
+def check_upload(upload: Any) -> None:
+    assert type(upload) is Upload
+    assert isinstance(upload.id, str) and upload.id
+    assert upload.created_at.tzinfo is not None
+    upload.created_at.timestamp()  # usable for the sweep's arithmetic
+    for value in (upload.duration, upload.frame_rate):
+        assert value is None or (type(value) is float and math.isfinite(value) and value >= 0)
+    for value in (upload.mime_type, upload.mux_playback_id, upload.mux_mp4_highest_res, upload.filename,
+                  upload.format):
+        assert value is None or isinstance(value, str)
+    assert upload.is_image is None or isinstance(upload.is_image, bool)
+    assert isinstance(upload.is_video, bool) and isinstance(upload.on_mux, bool)
+    hash(upload)
+    repr(upload)
+
+
+@FUZZ
+@example({"type": "upload", "id": "u", "attributes": {"created_at": "2026-03-01T10:00:00Z", "duration": HUGE}})
+@example({"type": "upload", "id": "u", "attributes": {"created_at": "9999-12-31T23:59:59-23:59"}})
+@given(st.one_of(any_value, upload_resources))
+def test_upload_from_resource_returns_an_upload_or_malformed(obj):
+    try:
+        upload = Upload.from_resource(obj)
+    except MalformedResource as exc:
+        str(exc)
+        return
+    check_upload(upload)
+
+
+@FUZZ
+@given(answers(valid_upload_list_docs, upload_list_docs))
+def test_list_uploads_answer_handling(answer):
+    status, hdrs, body = answer
+    outcome = drive(lambda client: client.list_uploads(offset=0, limit=3), status, hdrs, body)
+    if not isinstance(outcome, DatoCMSError):
+        uploads, total = outcome
+        assert 200 <= status < 300 and type(total) is int and total >= 0
+        for upload in uploads:
+            check_upload(upload)
+            no_token(upload.resource)

@@ -751,3 +751,113 @@ def test_cli_rejects_an_unknown_fault() -> None:
     )
     assert completed.returncode == 2
     assert "meteor" in completed.stderr
+
+
+# --------------------------------------------------------------------------- listed uploads (GET /uploads)
+
+
+def list_uploads(sim: Simulator, session: requests.Session | None = None, **params: Any) -> requests.Response:
+    return (session or api_session()).get(f"{sim.url}/uploads", params=params)
+
+
+def listed_ids(response: requests.Response) -> list[str]:
+    assert response.status_code == 200, response.text
+    return [upload["id"] for upload in response.json()["data"]]
+
+
+def test_uploads_are_listed_filtered_ordered_and_paged(datocms_simulator: Simulator) -> None:
+    sim = datocms_simulator
+    for n in range(5):
+        sim.add_upload(f"video-{n}", age=3600 * (n + 1))  # video-0 is the newest
+    sim.add_upload("picture", age=60, kind="image")
+    sim.add_upload("song", age=30, kind="audio")
+    videos = {"filter[fields][type][eq]": "video"}
+    assert listed_ids(list_uploads(sim, **videos, order_by="_created_at_DESC")) == [f"video-{n}" for n in range(5)]
+    assert listed_ids(list_uploads(sim, **videos, order_by="_created_at_ASC"))[0] == "video-4"
+    page = list_uploads(sim, **videos, order_by="_created_at_DESC", **{"page[offset]": "3", "page[limit]": "10"})
+    assert listed_ids(page) == ["video-3", "video-4"]
+    assert page.json()["meta"] == {"total_count": 5}  # every match, not the page
+    everything = list_uploads(sim, order_by="_created_at_DESC", **{"page[limit]": "2"})
+    assert listed_ids(everything) == ["song", "picture"] and everything.json()["meta"]["total_count"] == 7
+    assert listed_ids(list_uploads(sim, **{"filter[ids]": "video-2,picture"})) == ["video-2", "picture"]
+    assert listed_ids(list_uploads(sim, **{"filter[fields][type][eq]": "image"})) == ["picture"]
+
+
+def test_upload_resources_look_like_datocms(datocms_simulator: Simulator) -> None:
+    sim = datocms_simulator
+    sim.add_upload("clip", created_at="2026-01-02T03:04:05.678Z", duration=93.4)
+    sim.add_upload("raw-clip", age=10, mux_ready=False)
+    sim.add_upload("cat", age=5, kind="image")
+    by_id = {u["id"]: u for u in list_uploads(sim).json()["data"]}
+    clip = by_id["clip"]
+    assert clip["type"] == "upload" and clip["relationships"] == {"upload_collection": {"data": None}}
+    attributes = clip["attributes"]
+    assert attributes["created_at"] == "2026-01-02T03:04:05.678Z"
+    assert (attributes["duration"], attributes["frame_rate"], attributes["mime_type"]) == (93, 30, "video/mp4")
+    assert attributes["mux_playback_id"] and attributes["mux_mp4_highest_res"] == "high"
+    assert attributes["filename"] == "clip.mp4" and attributes["url"].endswith(attributes["path"])
+    assert len(attributes["md5"]) == 32 and attributes["is_image"] is False and attributes["size"] > 0
+    assert by_id["raw-clip"]["attributes"]["mux_playback_id"] is None  # Mux still processing
+    cat = by_id["cat"]["attributes"]
+    assert cat["is_image"] is True and cat["duration"] is None and cat["mux_playback_id"] is None
+    # An added image is no video for the generate endpoint either.
+    assert error_code(post_generate(sim, "cat")) == "NOT_A_VIDEO"
+
+
+@pytest.mark.parametrize("params, field_name", [
+    ({"page[limit]": "501"}, "page[limit]"),
+    ({"page[limit]": "0"}, "page[limit]"),
+    ({"page[limit]": "ten"}, "page[limit]"),
+    ({"page[offset]": "-1"}, "page[offset]"),
+    ({"order_by": "size_DESC"}, "order_by"),
+    ({"filter[query]": "cats"}, "filter[query]"),
+])
+def test_bad_list_parameters_are_invalid_field(datocms_simulator: Simulator, params: dict, field_name: str) -> None:
+    response = list_uploads(datocms_simulator, **params)
+    assert response.status_code == 422
+    attributes = error_attributes(response)
+    assert attributes["code"] == "INVALID_FIELD" and attributes["details"]["field"] == field_name
+
+
+def test_page_limit_of_500_is_the_maximum_accepted(datocms_simulator: Simulator) -> None:
+    for n in range(3):
+        datocms_simulator.add_upload(f"v{n}", age=n)
+    assert len(listed_ids(list_uploads(datocms_simulator, **{"page[limit]": "500"}))) == 3
+
+
+def test_uploads_are_listed_per_environment(datocms_simulator: Simulator) -> None:
+    sim = datocms_simulator
+    sim.add_upload("primary-clip")
+    sim.add_upload("sandbox-clip", environment="staging")
+    assert listed_ids(list_uploads(sim)) == ["primary-clip"]
+    assert listed_ids(list_uploads(sim, api_session(**{"X-Environment": "staging"}))) == ["sandbox-clip"]
+    assert sim.remove_upload("primary-clip") and not sim.remove_upload("primary-clip")
+    assert listed_ids(list_uploads(sim)) == []
+
+
+def test_listing_takes_auth_rate_limit_and_faults_like_any_endpoint(datocms_simulator_factory) -> None:
+    sim = datocms_simulator_factory(token=TOKEN, rate_limit=2, rate_window=60)
+    sim.add_upload("clip")
+    assert requests.get(f"{sim.url}/uploads", headers={"X-Api-Version": "3"}).status_code == 401
+    first = list_uploads(sim)
+    assert first.status_code == 200 and first.headers["X-RateLimit-Limit"] == "2"
+    assert list_uploads(sim).status_code == 200
+    limited = list_uploads(sim)
+    assert limited.status_code == 429 and int(limited.headers["X-RateLimit-Reset"]) >= 1
+    sim.configure(rate_limit=100, faults={"http_503": 1.0})
+    assert list_uploads(sim).status_code == 503
+    routes = [record.route for record in sim.requests()]
+    assert routes == ["list_uploads"] * 5
+
+
+def test_add_upload_over_http_and_reset(datocms_simulator: Simulator) -> None:
+    sim = datocms_simulator
+    added = control(sim, "POST", "add-upload", {"upload_id": "remote-clip", "age": 7200, "duration": 5})
+    assert added.status_code == 200 and added.json()["upload"]["attributes"]["duration"] == 5
+    control(sim, "POST", "add-upload", {"upload_id": "old", "created_at": 1_700_000_000, "kind": "image"})
+    assert listed_ids(list_uploads(sim, order_by="_created_at_DESC")) == ["remote-clip", "old"]
+    for bad in ({"age": 1}, {"upload_id": "x", "kind": "hologram"}, {"upload_id": "x", "age": 1, "created_at": 1},
+                {"upload_id": "x", "created_at": "2026-01-01T00:00:00"}, {"upload_id": "x", "colour": "red"}):
+        assert control(sim, "POST", "add-upload", bad).status_code == 400, bad
+    control(sim, "POST", "reset")
+    assert listed_ids(list_uploads(sim)) == []

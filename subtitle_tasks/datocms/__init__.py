@@ -30,6 +30,7 @@ from .resources import (
     ApiErrorEntry,
     JobResult,
     MalformedResource,
+    Upload,
     UploadTrack,
     parse_api_errors,
     parse_job_result,
@@ -62,6 +63,7 @@ __all__ = [
     "JobResult",
     "MalformedResource",
     "UploadTrack",
+    "Upload",
     "parse_api_errors",
     "parse_job_result",
 ]

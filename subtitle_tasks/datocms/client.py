@@ -29,7 +29,7 @@ import sys
 import time
 from importlib import metadata
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 import urllib3
@@ -58,6 +58,7 @@ from .exceptions import (
 from .resources import (
     ApiErrorEntry,
     MalformedResource,
+    Upload,
     UploadTrack,
     parse_api_errors,
     parse_job_result,
@@ -121,6 +122,9 @@ _FIELD_KEYS = frozenset({
     "parameters", "path", "pointer", "source", "key",
 })
 _PATH_SEPARATORS = re.compile(r"[./\[\]#]+")
+
+#: ``page[limit]``'s documented maximum on ``GET /uploads``.
+MAX_UPLOADS_PAGE = 500
 
 # urllib3 2.x has BaseHTTPResponse; 1.x only HTTPResponse.
 _URLLIB3_RESPONSE = getattr(urllib3.response, "BaseHTTPResponse", urllib3.response.HTTPResponse)
@@ -550,6 +554,49 @@ class DatoCMSClient:
         if problem is not None:
             raise self._protocol_error("GET", path, answer, problem)
         return tracks
+
+    # -- listing uploads (the sweep, subtitle_tasks/sweep.py) ------------------------
+
+    @property
+    def rate_limiter(self) -> RateLimiter | None:
+        """The fleet-wide budget this client draws from (a sweep sizes its own share by it)."""
+        return self._rate_limiter
+
+    def list_uploads(
+        self, *, video_only: bool = True, newest_first: bool = True, offset: int = 0, limit: int = 100
+    ) -> tuple[list[Upload], int]:
+        """One page of the site's uploads and how many match in all (``meta.total_count``).
+
+        ``GET /uploads`` with ``filter[fields][type][eq]=video`` (``video_only``),
+        ``order_by=_created_at_DESC`` (``newest_first``, else ``_ASC``) and offset
+        pagination; ``limit`` is at most :data:`MAX_UPLOADS_PAGE`.
+        """
+        for name, value, low, high in (("offset", offset, 0, 10 ** 9), ("limit", limit, 1, MAX_UPLOADS_PAGE)):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an int from {low} to {high}, got {value!r}")
+        params = [("filter[fields][type][eq]", "video")] if video_only else []
+        params += [("order_by", "_created_at_DESC" if newest_first else "_created_at_ASC"),
+                   ("page[offset]", str(offset)), ("page[limit]", str(limit))]
+        path = "/uploads?" + urlencode(params, safe="[]")
+        answer = self._request("GET", path)
+        body = answer.body if isinstance(answer.body, Mapping) else {}
+        data, meta = body.get("data"), body.get("meta")
+        total = meta.get("total_count") if isinstance(meta, Mapping) else None
+        if not isinstance(data, list):
+            raise self._protocol_error("GET", path, answer, "answer holds no list of uploads")
+        if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+            raise self._protocol_error("GET", path, answer, "answer holds no meta.total_count")
+        uploads: list[Upload] = []
+        problem = None
+        for obj in data:
+            try:
+                uploads.append(Upload.from_resource(obj))
+            except MalformedResource as exc:
+                problem = str(exc)
+                break
+        if problem is not None:
+            raise self._protocol_error("GET", path, answer, problem)
+        return uploads, total
 
     def close(self) -> None:
         """Release pooled connections (only of a session the client created)."""

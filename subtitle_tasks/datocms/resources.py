@@ -8,7 +8,9 @@ Malformed input raises :class:`MalformedResource`, a ``ValueError``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Mapping
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "ApiErrorEntry",
     "UploadTrack",
     "JobResult",
+    "Upload",
     "parse_api_errors",
     "parse_job_result",
     "TRACK_STATUSES",
@@ -259,3 +262,107 @@ def parse_job_result(body: Any) -> JobResult:
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise MalformedResource(f"job_result.attributes.status must be an HTTP status, got {_show(status)}")
     return JobResult(id=job_id, status=status, payload=attrs.get("payload"))
+
+
+# --------------------------------------------------------------------------
+# upload (GET /uploads)
+# --------------------------------------------------------------------------
+
+
+def _timestamp(value: Any, what: str) -> datetime:
+    """An ISO 8601 date-time with a UTC offset (``Z`` included) as an aware datetime."""
+    if not isinstance(value, str) or not 10 <= len(value) <= 64 or not value.isascii():
+        raise MalformedResource(f"{what} must be an ISO 8601 date-time, got {_show(value)}")
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value  # Python 3.10 does not read "Z"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except (ValueError, TypeError, OverflowError):
+        raise MalformedResource(f"{what} must be an ISO 8601 date-time, got {_show(value)}") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        # A time without an offset is ambiguous: the 7-day window must not shift by hours.
+        raise MalformedResource(f"{what} has no UTC offset: {_show(value)}")
+    try:
+        parsed.timestamp()
+    except (OverflowError, ValueError, OSError):
+        raise MalformedResource(f"{what} is out of range: {_show(value)}") from None
+    return parsed
+
+
+def _optional_number(attrs: Mapping[str, Any], key: str, what: str) -> float | None:
+    value = attrs.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedResource(f"{what}.{key} must be a number or null, got {_show(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise MalformedResource(f"{what}.{key} must be a finite number >= 0, got {_show(value)}")
+    return number
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An ``upload`` resource as ``GET /uploads`` lists it (what a sweep reads of it).
+
+    ``created_at`` is timezone-aware. ``mux_playback_id`` is null while Mux has not
+    finished processing a video. ``resource`` is the raw JSON:API object, left out of
+    equality, hashing and ``repr``.
+    """
+
+    id: str
+    created_at: datetime
+    mime_type: str | None
+    is_image: bool | None
+    duration: float | None
+    frame_rate: float | None
+    mux_playback_id: str | None
+    mux_mp4_highest_res: str | None
+    filename: str | None
+    format: str | None
+    resource: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_video(self) -> bool:
+        """A video by its MIME type; without one, by having a Mux playback id (images never do)."""
+        if self.mime_type:
+            return self.mime_type.lower().startswith("video/")
+        return self.mux_playback_id is not None and self.is_image is not True
+
+    @property
+    def on_mux(self) -> bool:
+        """Whether Mux has the video ready (subtitles can be asked for)."""
+        return self.mux_playback_id is not None
+
+    @classmethod
+    def from_resource(cls, obj: Any) -> "Upload":
+        """Build from a JSON:API ``upload`` object.
+
+        Raises :class:`MalformedResource` when it is not an ``upload``, lacks an id,
+        attributes or an offset-qualified ``created_at``, or when an attribute the
+        sweep reads has the wrong type.
+        """
+        obj = _require_mapping(obj, "upload")
+        if obj.get("type") != "upload":
+            raise MalformedResource(f"expected type 'upload', got {_show(obj.get('type'))}")
+        upload_id = _require_id(obj.get("id"), "upload.id")
+        attrs = _require_mapping(obj.get("attributes"), "upload.attributes")
+        is_image = attrs.get("is_image")
+        if is_image is not None and not isinstance(is_image, bool):
+            raise MalformedResource(f"upload.attributes.is_image must be a boolean or null, got {_show(is_image)}")
+        what = "upload.attributes"
+        return cls(
+            id=upload_id,
+            created_at=_timestamp(attrs.get("created_at"), "upload.attributes.created_at"),
+            mime_type=_optional_str(attrs, "mime_type", what),
+            is_image=is_image,
+            duration=_optional_number(attrs, "duration", what),
+            frame_rate=_optional_number(attrs, "frame_rate", what),
+            mux_playback_id=_optional_str(attrs, "mux_playback_id", what) or None,
+            mux_mp4_highest_res=_optional_str(attrs, "mux_mp4_highest_res", what),
+            filename=_optional_str(attrs, "filename", what),
+            format=_optional_str(attrs, "format", what),
+            resource=dict(obj),
+        )

@@ -10,6 +10,7 @@ API endpoints (same paths, headers, bodies and error documents as DatoCMS):
 * ``POST /uploads/{upload_id}/tracks/generate-subtitles`` -> 202 job
 * ``GET  /job-results/{job_id}``  -> 404 ``NOT_FOUND`` while the job runs, then 200
 * ``GET  /uploads/{upload_id}/tracks`` -> 200 list of upload_track resources
+* ``GET  /uploads`` -> 200 page of upload resources (see "Listed uploads")
 
 Every API request must carry ``Authorization: Bearer <token>`` and
 ``X-Api-Version: 3``; ``X-Environment`` is optional.
@@ -36,6 +37,27 @@ prefix          kind          behaviour
 
 An explicit ``set_upload`` wins over the prefix. Upload kinds are shared by
 all environments; tracks are kept per (environment, upload).
+
+Listed uploads
+--------------
+``GET /uploads`` lists only uploads added with ``sim.add_upload(upload_id,
+created_at=... | age=..., kind="video" | "image" | "audio", duration=...,
+mux_ready=True, environment=None)``, per environment as tracks are (re-adding
+an id replaces it; ``sim.remove_upload`` deletes it). Each is a realistic
+``upload`` resource (``size``, ``path``, ``filename``, ``url``, ``format``,
+``mime_type``, ``duration``, ``frame_rate``, ``mux_playback_id`` (``null``
+while Mux is still processing: ``mux_ready=False``), ``mux_mp4_highest_res``,
+``md5``, ``is_image``, ``created_at``/``updated_at`` in ISO 8601, ...). An
+added image or audio upload answers ``NOT_A_VIDEO`` to a generate POST unless
+``set_upload`` says otherwise. Query parameters, as DatoCMS takes them:
+``filter[fields][type][eq]`` (keep one type; absent: every upload),
+``filter[ids]`` (comma-separated), ``order_by`` (``_created_at_DESC`` or
+``_created_at_ASC``, ties by id; default ascending), ``page[offset]`` (default 0)
+and ``page[limit]`` (default 30, at most ``MAX_PAGE_LIMIT`` = 500). An
+out-of-range or malformed value, or any other parameter, answers 422
+``INVALID_FIELD`` naming it. The answer is ``{"data": [...], "meta":
+{"total_count": N}}``, N counting every match, not only the page. Auth,
+headers, the rate limit and faults apply as to every API endpoint.
 
 Environments
 ------------
@@ -102,6 +124,10 @@ Control endpoints (no auth, no rate limit, no faults, not in the request log)
                                        like ``configure()``, ``faults`` is replaced whole
 * ``POST /_simulator/reset``           forget jobs, uploads, counters and the log
 * ``POST /_simulator/uploads/{id}``    ``{"kind": "no-audio"}`` sets an upload's kind
+* ``POST /_simulator/add-upload``      ``{"upload_id", "created_at" (ISO 8601 or Unix
+                                       seconds) or "age" (seconds ago), "kind",
+                                       "duration", "mux_ready", "environment"}``:
+                                       ``add_upload()`` for another process
 * ``POST /_simulator/complete-jobs``   finish every running job now (not stuck ones)
 
 Tokens are never printed, logged, or shown by the control endpoints.
@@ -111,6 +137,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import hmac
 import json
 import math
@@ -124,6 +151,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -414,6 +442,8 @@ CONTROL_PREFIX = "/_simulator/"
 
 def _match_api_route(method: str, path: str) -> tuple[str, str | None]:
     """Name the API route of a request, and the id in its path."""
+    if path == "/uploads" and method == "GET":
+        return "list_uploads", None
     for route, pattern, route_method in (
         ("generate_subtitles", _GENERATE, "POST"),
         ("upload_tracks", _TRACKS, "GET"),
@@ -469,6 +499,8 @@ class Simulator:
         self._jobs: dict[str, _Job] = {}
         self._tracks: dict[tuple[str | None, str], list[_Job]] = {}
         self._upload_kinds: dict[str, str] = {}
+        # environment -> upload id -> what GET /uploads lists (add_upload)
+        self._listed: dict[str | None, dict[str, _ListedUpload]] = {}
         self._log: deque[RequestRecord] = deque(maxlen=MAX_LOGGED_REQUESTS)
         self._counts_by_route: Counter[str] = Counter()
         self._counts_by_status: Counter[str] = Counter()
@@ -553,8 +585,11 @@ class Simulator:
     def upload_kind(self, upload_id: str) -> str:
         with self._lock:
             explicit = self._upload_kinds.get(upload_id)
+            listed = [uploads[upload_id] for uploads in self._listed.values() if upload_id in uploads]
         if explicit:
             return explicit
+        if listed and listed[0].kind != "video":
+            return "not-video"  # an added image or audio upload
         for prefix, kind in MAGIC_PREFIXES.items():
             if upload_id.startswith(prefix):
                 return kind
@@ -566,6 +601,7 @@ class Simulator:
             self._jobs.clear()
             self._tracks.clear()
             self._upload_kinds.clear()
+            self._listed.clear()
             self._log.clear()
             self._counts_by_route.clear()
             self._counts_by_status.clear()
@@ -721,6 +757,8 @@ class Simulator:
             return self._job_result(path_id)
         if route == "upload_tracks":
             return self._upload_tracks(request, path_id)
+        if route == "list_uploads":
+            return self._list_uploads(request)
         return _not_found()
 
     def _check_headers(self, request: _Request) -> _Reply | None:
@@ -842,6 +880,73 @@ class Simulator:
         tracks = [_track_resource(job, job.track_status(now)) for job in jobs if job.is_done(now)]
         return _json_reply(200, {"data": tracks})
 
+    # ----------------------------------------------------------------- listed uploads (GET /uploads)
+
+    def add_upload(self, upload_id: str, *, created_at: datetime | float | str | None = None,
+                   age: float | None = None, kind: str = "video", duration: float | None = None,
+                   mux_ready: bool = True, environment: str | None = None) -> dict[str, Any]:
+        """List an upload in ``GET /uploads`` (replacing one with that id); returns its resource.
+
+        ``created_at`` is an aware datetime, Unix seconds or ISO 8601 text; ``age`` says
+        "that many seconds ago" instead; neither means now. ``duration`` defaults to a
+        minute for videos and audio. ``mux_ready=False``: Mux is still processing it, so
+        ``mux_playback_id`` is null.
+        """
+        if not isinstance(upload_id, str) or not upload_id or "/" in upload_id:
+            raise ValueError("upload_id must be a non-empty string without '/'")
+        if kind not in MEDIA_KINDS:
+            raise ValueError(f"unknown media kind {kind!r}; known: {', '.join(MEDIA_KINDS)}")
+        if created_at is not None and age is not None:
+            raise ValueError("give created_at or age, not both")
+        if age is not None:
+            _require_finite("age", age)
+            stamp = time.time() - age
+        else:
+            stamp = _unix_seconds(created_at) if created_at is not None else time.time()
+        if duration is not None:
+            _require_finite("duration", duration)
+        elif kind != "image":
+            duration = DEFAULT_MEDIA_SECONDS
+        if environment is not None and (not isinstance(environment, str) or not environment):
+            raise ValueError("environment must be a non-empty string or None")
+        upload = _ListedUpload(upload_id, stamp, kind, None if kind == "image" else duration, bool(mux_ready))
+        with self._lock:
+            self._listed.setdefault(environment, {})[upload_id] = upload
+        return _upload_resource(upload)
+
+    def remove_upload(self, upload_id: str, environment: str | None = None) -> bool:
+        """Stop listing an upload (as if deleted); whether it was listed."""
+        with self._lock:
+            return self._listed.get(environment, {}).pop(upload_id, None) is not None
+
+    def _list_uploads(self, request: _Request) -> _Reply:
+        query = request.query
+        for name in query:
+            if name not in LIST_UPLOADS_PARAMETERS:
+                return _invalid_field(name, "VALIDATION_UNSUPPORTED", query[name][-1],
+                                      "not a parameter the simulator supports")
+        offset = _query_int(query, "page[offset]", 0, 0, 10 ** 9)
+        limit = _query_int(query, "page[limit]", DEFAULT_PAGE_LIMIT, 1, MAX_PAGE_LIMIT)
+        for checked in (offset, limit):
+            if isinstance(checked, _Reply):
+                return checked
+        order = (query.get("order_by") or ["_created_at_ASC"])[-1]
+        if order not in ("_created_at_ASC", "_created_at_DESC"):
+            return _invalid_field("order_by", "VALIDATION_INVALID", order,
+                                  "the simulator orders by _created_at_ASC or _created_at_DESC")
+        wanted_type = (query.get("filter[fields][type][eq]") or [None])[-1]
+        ids = (query.get("filter[ids]") or [None])[-1]
+        wanted_ids = set(ids.split(",")) if ids is not None else None
+        with self._lock:
+            uploads = list(self._listed.get(request.header("X-Environment"), {}).values())
+        matching = sorted(
+            (u for u in uploads
+             if (wanted_type is None or u.kind == wanted_type) and (wanted_ids is None or u.upload_id in wanted_ids)),
+            key=lambda u: (u.created_at, u.upload_id), reverse=order.endswith("DESC"))
+        page = matching[offset:offset + limit]
+        return _json_reply(200, {"data": [_upload_resource(u) for u in page],
+                                 "meta": {"total_count": len(matching)}})
+
     # ----------------------------------------------------------------- control
 
     def _serve_control(self, request: _Request) -> _Reply:
@@ -862,6 +967,8 @@ class Simulator:
             if method == "POST" and path == "/_simulator/complete-jobs":
                 finished = self.complete_all_jobs(bool(_json_object(request.body).get("include_stuck")))
                 return _json_reply(200, {"completed": finished})
+            if method == "POST" and path == "/_simulator/add-upload":
+                return _json_reply(200, {"upload": self.add_upload(**_add_upload_fields(_json_object(request.body)))})
             match = _CONTROL_UPLOAD.fullmatch(path)
             if method == "POST" and match:
                 upload_id, kind = unquote(match.group(1)), _json_object(request.body).get("kind")
@@ -976,6 +1083,123 @@ def _config_fields_from_json(document: dict[str, Any]) -> dict[str, Any]:
     for name in ("environments", "immutable_environments"):
         if isinstance(fields.get(name), list):
             fields[name] = frozenset(fields[name])
+    return fields
+
+
+# --------------------------------------------------------------------------- listed uploads
+
+# What GET /uploads takes; DatoCMS documents 500 as page[limit]'s maximum.
+LIST_UPLOADS_PARAMETERS = frozenset({
+    "filter[fields][type][eq]", "filter[ids]", "order_by", "page[offset]", "page[limit]"})
+MAX_PAGE_LIMIT = 500
+DEFAULT_PAGE_LIMIT = 30
+MEDIA_KINDS = ("video", "image", "audio")
+DEFAULT_MEDIA_SECONDS = 62
+SIMULATED_SITE_ID = 4242  # the number DatoCMS puts first in an asset's path
+_MEDIA_FILES = {"video": ("mp4", "video/mp4"), "image": ("jpg", "image/jpeg"), "audio": ("mp3", "audio/mpeg")}
+_DIGITS = re.compile(r"[0-9]{1,10}")
+
+
+@dataclass(frozen=True, slots=True)
+class _ListedUpload:
+    upload_id: str
+    created_at: float  # Unix seconds
+    kind: str  # one of MEDIA_KINDS
+    duration: float | None
+    mux_ready: bool
+
+
+def _require_finite(name: str, value: Any) -> None:
+    _require_non_negative(name, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite")
+
+
+def _unix_seconds(value: datetime | float | str) -> float:
+    if isinstance(value, str):
+        text = value.strip()
+        value = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in "Zz" and text else text)
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("created_at must be timezone-aware")
+        return value.timestamp()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError("created_at must be a datetime, Unix seconds or ISO 8601 text")
+    return float(value)
+
+
+def _iso(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _upload_resource(upload: _ListedUpload) -> dict[str, Any]:
+    """An ``upload`` resource with the attributes DatoCMS gives, derived from the id (stable)."""
+    extension, mime_type = _MEDIA_FILES[upload.kind]
+    digest = hashlib.md5(upload.upload_id.encode()).hexdigest()
+    basename = re.sub(r"[^a-z0-9-]+", "-", upload.upload_id.lower()).strip("-") or "upload"
+    path = f"/{SIMULATED_SITE_ID}/{int(upload.created_at)}-{basename}.{extension}"
+    video = upload.kind == "video"
+    muxed = video and upload.mux_ready
+    return {
+        "id": upload.upload_id,
+        "type": "upload",
+        "attributes": {
+            "size": 100_000 + int(digest[:6], 16),
+            "width": None if upload.kind == "audio" else 1920,
+            "height": None if upload.kind == "audio" else 1080,
+            "path": path,
+            "basename": basename,
+            "filename": f"{basename}.{extension}",
+            "url": f"https://www.datocms-assets.com{path}",
+            "format": extension,
+            "mime_type": mime_type,
+            "author": None,
+            "copyright": None,
+            "notes": None,
+            "md5": digest,
+            "duration": None if upload.duration is None else int(round(upload.duration)),
+            "frame_rate": 30 if video else None,
+            "blurhash": None,
+            "thumbhash": None,
+            "mux_playback_id": f"sim{digest[:20]}" if muxed else None,
+            "mux_mp4_highest_res": "high" if muxed else None,
+            "default_field_metadata": {},
+            "is_image": upload.kind == "image",
+            "created_at": _iso(upload.created_at),
+            "updated_at": _iso(upload.created_at),
+            "tags": [],
+            "smart_tags": [],
+            "exif_info": {},
+            "colors": [],
+        },
+        "relationships": {"upload_collection": {"data": None}},
+    }
+
+
+def _invalid_field(field_name: str, code: str, value: Any, message: str) -> _Reply:
+    return _error_reply(422, "INVALID_FIELD", {"field": field_name, "code": code, "value": value,
+                                                "message": message})
+
+
+def _query_int(query: dict[str, list[str]], name: str, default: int, low: int, high: int) -> int | _Reply:
+    values = query.get(name)
+    if not values:
+        return default
+    raw = values[-1]
+    if not _DIGITS.fullmatch(raw) or not low <= int(raw) <= high:
+        return _invalid_field(name, "VALIDATION_INVALID", raw, f"must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _add_upload_fields(document: dict[str, Any]) -> dict[str, Any]:
+    """``POST /_simulator/add-upload``'s body as add_upload's arguments."""
+    fields = dict(document)
+    known = {"upload_id", "created_at", "age", "kind", "duration", "mux_ready", "environment"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; known: {sorted(known)}")
+    if "upload_id" not in fields:
+        raise ValueError("upload_id is required")
     return fields
 
 
