@@ -14,11 +14,14 @@ import logging
 import random
 from typing import Any, Callable
 
-from .backoff import capped_exponential, retry_delay
+from . import schedule
+from .backoff import retry_delay
 from .datocms import client as api_client
 from .datocms import exceptions as api
 from .datocms.resources import UploadTrack
+from . import logs
 from .errors import ErrorCode, code_for_api_error, error_fields
+from .metrics import Recorder
 from .settings import Settings
 from .state import DONE, JOB, OUTCOME_ERROR, OUTCOME_READY, SUBMIT, TRACK, Generation, Store
 
@@ -42,15 +45,33 @@ def post_not_applied(exc: api.DatoCMSError) -> bool:
     return not exc.outcome_unknown
 
 
+def _context(gen: Generation) -> dict[str, Any]:
+    """A generation's fields for structured logs (logs.py): who waits, on what, how far along."""
+    return logs.context(generation_id=gen.id, request_ids=gen.subscribers[:20], site=gen.site or "default",
+                        upload_id=gen.upload_id, language_code=gen.language_code, job_id=gen.job_id,
+                        track_id=gen.track_id, attempt=gen.attempts, phase=gen.phase)
+
+
+class _NoStore:
+    """Where a Pipeline built without metrics (unit tests) counts: nowhere."""
+
+    def metrics_add(self, increments: Any) -> None:
+        pass
+
+    def count_outcomes(self, outcomes: Any) -> None:
+        pass
+
+
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, client_for: Callable[[str], Any],
                  notify: Callable[[str], object],
-                 rng: Callable[[], float] = random.random):
+                 rng: Callable[[], float] = random.random, metrics: Recorder | None = None):
         self.settings = settings
         self.store = store
         self.client_for = client_for  # site alias -> that site's DatoCMS client
         self.notify = notify
         self.rng = rng
+        self.metrics = metrics or Recorder(_NoStore())
 
     # -- entry point ------------------------------------------------------------------
     def advance(self, generation_id: str) -> str:
@@ -65,6 +86,8 @@ class Pipeline:
                 return "finished"
             if gen.due is not None and gen.due > gen.now + 0.001:
                 return "not-due"  # a duplicate delivery of a step already done
+            if gen.phase in (JOB, TRACK):
+                self.metrics.poll(gen.site)
             outcome = self._run_step(gen, token)
             if gen.expired:
                 # The step at the deadline still looked once (a job done just in time
@@ -93,7 +116,7 @@ class Pipeline:
             # look for its track before creating a second one.
             track = self._find_new_track(gen)
             if track is not None:
-                log.info("generation %s: adopted track %s from an earlier POST", gen.id, track.id)
+                log.info("generation %s: adopted track %s from an earlier POST", gen.id, track.id, extra=_context(gen))
                 return self._on_track(gen, track)
             if gen.now - gen.posted_at < self._repost_after():
                 self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1)
@@ -105,7 +128,8 @@ class Pipeline:
         # retries). If the lock lapsed, another worker may be running this very step; only
         # a holder that renews it may POST.
         if not self.store.extend_lock(f"gen:{gen.id}", token, self.settings.lease):
-            log.warning("generation %s: step outlived its lock; leaving the POST to its new holder", gen.id)
+            log.warning("generation %s: step outlived its lock; leaving the POST to its new holder", gen.id,
+                        extra=_context(gen))
             return "lock-lost"
         # Mark the POST before sending it: a crash from here on reconciles, never re-POSTs blindly.
         if not self.store.advance(gen.id, self.settings.lease, posted_at=gen.now, known_tracks=known):
@@ -122,8 +146,10 @@ class Pipeline:
                 self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1)
                 return "ambiguous"
             raise
-        self._schedule(gen, self.settings.poll_initial, phase=JOB, job_id=job_id, body_type=body_type,
-                       posted_at=None, attempts=0, errors=0)
+        # The job phase's clock starts now; cold, the first poll is poll_initial away, as before.
+        first = self._poll_delay(gen, 0, phase=JOB, elapsed=0.0, cold=self.settings.poll_initial)
+        self._schedule(gen, first, phase=JOB, job_id=job_id, body_type=body_type,
+                       posted_at=None, attempts=0, errors=0, phase_clock=(gen.now, 0.0))
         return "submitted"
 
     def _repost_after(self) -> float:
@@ -154,8 +180,9 @@ class Pipeline:
     def _poll_job(self, gen: Generation) -> str:
         track = self.client_for(gen.site).get_job_result(gen.job_id)
         if track is None:
-            self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0)
+            self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0, **self._polled(gen))
             return "job-pending"
+        self._learn(gen, JOB)
         return self._on_track(gen, track)
 
     def _watch_track(self, gen: Generation) -> str:
@@ -168,32 +195,48 @@ class Pipeline:
 
     # -- outcomes ---------------------------------------------------------------------
     def _on_track(self, gen: Generation, track: UploadTrack) -> str:
+        if track.is_ready or track.is_errored:
+            self._learn(gen, TRACK)
         if track.is_ready:
             return self._finish(gen, OUTCOME_READY, track.resource)
         if track.is_errored:
             message = track.error or "DatoCMS marked the track as errored without a reason"
             return self._fail(gen, ErrorCode.TRACK_ERRORED, message, track_id=track.id)
-        attempts = gen.attempts + 1 if gen.phase == TRACK else 0
-        self._schedule(gen, self._poll_delay(gen, attempts), phase=TRACK, track_id=track.id,
-                       attempts=attempts, errors=0, posted_at=None)
+        if gen.phase == TRACK:
+            attempts, clock = gen.attempts + 1, self._polled(gen)
+            delay = self._poll_delay(gen, attempts)
+        else:
+            # A job result shows the track as it was when the job finished, so the track's
+            # clock starts then (estimated as the job's observed end), known preparing at 0.
+            attempts, start = 0, self._job_done_at(gen)
+            clock = {"phase_clock": (start, 0.0)}
+            delay = self._poll_delay(gen, attempts, phase=TRACK, elapsed=gen.now - start, running_at=0.0)
+        self._schedule(gen, delay, phase=TRACK, track_id=track.id,
+                       attempts=attempts, errors=0, posted_at=None, **clock)
         return "track-preparing"
 
     def _fail(self, gen: Generation, code: ErrorCode, message: str, exc: api.DatoCMSError | None = None,
               track_id: str | None = None) -> str:
         if track_id and not gen.track_id:
             self.store.advance(gen.id, self.settings.lease, track_id=track_id)
-        log.info("generation %s (site %s) failed: %s", gen.id, gen.site or "default", code.value)
+        log.info("generation %s (site %s) failed: %s", gen.id, gen.site or "default", code.value,
+                 extra=_context(gen))
         return self._finish(gen, OUTCOME_ERROR, error_fields(code, message, exc))
 
     def _finish(self, gen: Generation, outcome: str, result: dict) -> str:
-        for request_id in self.store.finish(gen.id, outcome, result):
+        notified = self.store.finish(gen.id, outcome, result)
+        if notified:  # only the step that really ended it counts and reports it
+            log.info("generation %s ended %s for %d request(s)", gen.id, outcome, len(notified), extra=_context(gen))
+            self.metrics.generation_ended(gen.site, outcome, result.get("code") if outcome == OUTCOME_ERROR else None,
+                                          len(notified), gen.now - gen.created)
+        for request_id in notified:
             self.notify(request_id)
         return outcome
 
     def _retry_later(self, gen: Generation, exc: api.RetryableError) -> str:
         if self._server_looks_broken(gen, exc):
             return self._give_up_on_server(gen, exc)
-        log.info("generation %s (site %s): %s; retrying", gen.id, gen.site or "default", exc)
+        log.info("generation %s (site %s): %s; retrying", gen.id, gen.site or "default", exc, extra=_context(gen))
         self._schedule(gen, self._error_delay(gen, exc), errors=gen.errors + 1, last_error=str(exc))
         return "retry"
 
@@ -221,9 +264,55 @@ class Pipeline:
         delay = max(0.0, min(delay, gen.deadline - gen.now))
         self.store.advance(gen.id, delay, **fields)
 
-    def _poll_delay(self, gen: Generation, attempts: int | None = None) -> float:
+    def _poll_delay(self, gen: Generation, attempts: int | None = None, *, phase: str | None = None,
+                    elapsed: float | None = None, running_at: float | None = None,
+                    cold: float | None = None) -> float:
+        """The wait before the next poll: learned from the site's recent generations
+        (schedule.py) in the job and track phases, capped exponential backoff otherwise
+        (policy ``exponential``, a cold histogram, a generation without a phase clock)."""
         n = gen.attempts if attempts is None else attempts
-        return capped_exponential(n, self.settings.poll_initial, self.settings.poll_max, rng=self.rng)
+        phase = phase or gen.phase
+        if elapsed is None and gen.phase_clock and phase == gen.phase:
+            elapsed = gen.now - gen.phase_clock[0]
+        stats = None
+        if self.settings.poll_policy == "learned" and phase in schedule.POLL_COST and elapsed is not None:
+            stats = self._timing_stats(gen.site, phase)
+        cost = schedule.POLL_COST.get(phase, 1.0) * self.settings.poll_initial
+        return schedule.next_delay(stats, elapsed or 0.0, n, poll_cost=cost, initial=self.settings.poll_initial,
+                                   maximum=self.settings.poll_max, remaining=gen.deadline - gen.now, rng=self.rng,
+                                   cold=cold, running_at=running_at)
+
+    # -- learning how long phases take (schedule.py) ----------------------------------
+    @staticmethod
+    def _polled(gen: Generation) -> dict:
+        """The phase clock after a poll that found the phase still running."""
+        if not gen.phase_clock:
+            return {}
+        return {"phase_clock": (gen.phase_clock[0], gen.now - gen.phase_clock[0])}
+
+    def _job_done_at(self, gen: Generation) -> float:
+        """When the job finished, as observed: between the last two job polls (their midpoint)."""
+        if gen.phase != JOB or not gen.phase_clock:
+            return gen.now
+        start, last = gen.phase_clock
+        return start + schedule.observed(last, gen.now - start)
+
+    def _learn(self, gen: Generation, phase: str) -> None:
+        """Record how long the phase that just ended took, in the site's histogram of it."""
+        if gen.phase != phase or not gen.phase_clock:
+            return
+        start, last = gen.phase_clock
+        try:
+            self.store.record_timing(gen.site, phase, schedule.observed(last, gen.now - start), schedule.DECAY)
+        except Exception as exc:  # learning only tunes polling: it never fails a step
+            log.warning("site %s: could not record a %s duration: %s", gen.site or "default", phase, exc)
+
+    def _timing_stats(self, site: str, phase: str) -> list[float] | None:
+        try:
+            return self.store.timing_stats(site, phase)
+        except Exception as exc:  # unreadable stats: poll on the cold schedule
+            log.warning("site %s: could not read the %s timing: %s", site or "default", phase, exc)
+            return None
 
     def _error_delay(self, gen: Generation, exc: api.DatoCMSError) -> float:
         return retry_delay(gen.errors, hint=exc.retry_after, initial=self.settings.poll_initial,

@@ -71,6 +71,16 @@ def _share(name: str, raw: Any) -> float:
     return value
 
 
+def _choice(name: str, raw: Any, choices: tuple[str, ...]) -> str:
+    value = str(raw).strip().lower()
+    if value not in choices:
+        raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+POLL_POLICIES = ("learned", "exponential")  # schedule.py: the learned schedule, or today's backoff only
+
+
 def _optional_str(name: str, raw: Any) -> str | None:
     if raw is None:
         return None
@@ -165,6 +175,7 @@ class Settings:
     redis_url: str | None = None
     poll_initial: float = 1.0
     poll_max: float = 60.0
+    poll_policy: str = "learned"  # "exponential": capped exponential backoff only, as before schedule.py
     deadline: float = 2 * 60 * 60.0
     http_timeout: float = 10.0
     lease: float = 30.0
@@ -186,6 +197,8 @@ class Settings:
     max_response_bytes: int = 1048576  # an API answer larger than this is refused unread
     sites: Mapping[str, Site] = field(default_factory=dict)  # alias -> site, besides the default one
     sites_file: str | None = None  # a JSON file of more sites, re-read when it changes
+    metrics_port: int | None = None  # serve /metrics and /stats.json from each worker on this port
+    log_format: str = "text"  # "json": one JSON object per log line, with the request's context
     # -- the sweep (sweep.py) --
     auto_languages: tuple[str, ...] = ()  # tags a sweep asks for on new videos; empty: sweeps are off
     sweep_share: float = 0.25  # of a site's per-window API budget one sweep may spend
@@ -239,6 +252,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "redis_url": ("SUBTITLE_TASKS_REDIS_URL", _redis_url),
     "poll_initial": ("SUBTITLE_TASKS_POLL_INITIAL", _positive_float),
     "poll_max": ("SUBTITLE_TASKS_POLL_MAX", _positive_float),
+    "poll_policy": ("SUBTITLE_TASKS_POLL_POLICY", lambda name, raw: _choice(name, raw, POLL_POLICIES)),
     "deadline": ("SUBTITLE_TASKS_DEADLINE", _positive_float),
     "http_timeout": ("SUBTITLE_TASKS_HTTP_TIMEOUT", _positive_float),
     "lease": ("SUBTITLE_TASKS_LEASE", _positive_float),
@@ -260,6 +274,8 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "max_response_bytes": ("SUBTITLE_TASKS_MAX_RESPONSE_BYTES", _positive_int),
     "sites": ("SUBTITLE_TASKS_SITES", lambda name, raw: raw),  # parsed once base_url is known
     "sites_file": ("SUBTITLE_TASKS_SITES_FILE", _optional_str),
+    "metrics_port": ("SUBTITLE_TASKS_METRICS_PORT", _positive_int),
+    "log_format": ("SUBTITLE_TASKS_LOG_FORMAT", lambda name, raw: _choice(name, raw, ("text", "json"))),
     # -- the sweep (sweep.py) --
     "auto_languages": ("SUBTITLE_TASKS_AUTO_LANGUAGES", parse_language_list),
     "sweep_share": ("SUBTITLE_TASKS_SWEEP_SHARE", _share),

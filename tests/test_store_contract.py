@@ -829,3 +829,99 @@ def test_memory_sweep_drops_expired_records_nobody_reads():
     clock.advance(3700)
     assert store.claim_due(1, 1) == []  # the next call that reads the clock sweeps
     assert store._keys._values == {}
+
+
+# -- learned poll timing (schedule.py) -----------------------------------------------------
+
+def _raw_timing(subject, store, site: str, phase: str, value):
+    """Put a value at a timing key directly, as damage or an older layout would."""
+    if subject.kind == "redis":
+        store.client.set(store._timing_key(site, phase), value)
+    else:
+        store._keys.set(f"timing:{phase}:{site}", value, now=store.clock())
+
+
+def test_timing_stats_are_none_until_something_is_recorded(store):
+    assert store.timing_stats("", "job") is None
+    assert store.timing_stats("blog", "track") is None
+
+
+def test_record_timing_is_schedule_update_to_the_stored_precision(store):
+    from subtitle_tasks import schedule
+
+    expected = None
+    for seconds, decay in [(30.0, 0.99), (31.5, 0.99), (0.2, 0.99), (30.0, 0.5), (7200.0, 0.99), (0.0, 0.9)]:
+        store.record_timing("", "job", seconds, decay)
+        expected = schedule.decode(schedule.encode(schedule.update(expected, seconds, decay)))
+        assert store.timing_stats("", "job") == expected  # Lua and Python round alike (%.4g)
+    stats = store.timing_stats("", "job")
+    assert len(stats) == schedule.BUCKETS
+    # 30 and 31.5 share a bucket: ((1 x 0.99 + 1) x 0.99 x 0.5 + 1) x 0.99 x 0.9
+    assert stats[schedule.bucket_of(30.0)] == pytest.approx(((0.99 + 1) * 0.99 * 0.5 + 1) * 0.99 * 0.9, rel=1e-3)
+
+
+def test_timing_is_kept_per_site_and_phase(store):
+    store.record_timing("", "job", 40.0, 0.99)
+    store.record_timing("blog", "job", 5.0, 0.99)
+    store.record_timing("blog", "track", 9.0, 0.99)
+    from subtitle_tasks import schedule
+
+    assert store.timing_stats("", "job")[schedule.bucket_of(40.0)] == 1.0
+    assert store.timing_stats("blog", "job")[schedule.bucket_of(5.0)] == 1.0
+    assert store.timing_stats("blog", "track")[schedule.bucket_of(9.0)] == 1.0
+    assert store.timing_stats("", "track") is None
+    assert store.timing_stats("shop", "job") is None
+
+
+@pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
+def test_timing_ignores_durations_that_cannot_be(store, seconds):
+    store.record_timing("", "job", seconds, 0.5)
+    assert store.timing_stats("", "job") is None
+    store.record_timing("", "job", 3.0, 0.5)
+    store.record_timing("", "job", seconds, 0.5)  # and does not decay what is there either
+    assert sum(store.timing_stats("", "job")) == 1.0
+
+
+def test_counts_that_decay_to_nothing_are_dropped(store):
+    from subtitle_tasks import schedule
+
+    store.record_timing("", "track", 2.0, 0.5)
+    for _ in range(10):  # 0.5 ** 10 < schedule.PRUNE
+        store.record_timing("", "track", 60.0, 0.5)
+    stats = store.timing_stats("", "track")
+    assert stats[schedule.bucket_of(2.0)] == 0.0
+    assert stats[schedule.bucket_of(60.0)] == pytest.approx(2.0, rel=1e-2)
+
+
+@pytest.mark.parametrize("damage", ["1,2,x", ",".join(["1"] * 200), "-1,3", "nan"])
+def test_an_unreadable_or_foreign_histogram_starts_over(subject, store, damage):
+    from subtitle_tasks import schedule
+
+    _raw_timing(subject, store, "", "job", damage)
+    assert store.timing_stats("", "job") is None
+    store.record_timing("", "job", 12.0, 0.99)
+    assert store.timing_stats("", "job") == schedule.update(None, 12.0)
+
+
+def test_timing_is_kept_a_month_after_its_last_update(subject, store):
+    store.record_timing("", "job", 12.0, 0.99)
+    if subject.kind == "redis":
+        ttl = store.client.pttl(store._timing_key("", "job")) / 1000
+        assert 29 * 86400 < ttl <= 30 * 86400
+    else:
+        subject.wait(29 * 86400)
+        store.record_timing("", "job", 12.0, 0.99)  # refreshes the month
+        subject.wait(29 * 86400)
+        assert store.timing_stats("", "job") is not None
+        subject.wait(2 * 86400)
+        assert store.timing_stats("", "job") is None
+
+
+def test_redis_refuses_a_timing_key_of_another_type_and_leaves_it(redis_server):
+    # Redis only: the in-memory store has no key types to get wrong.
+    store = RedisStore(redis.Redis.from_url(redis_server.url), f"t{uuid.uuid4().hex[:8]}")
+    key = store._timing_key("", "job")
+    store.client.hset(key, "x", "1")
+    with pytest.raises(redis.ResponseError, match="not a string"):
+        store.record_timing("", "job", 12.0, 0.99)
+    assert store.client.hgetall(key) == {b"x": b"1"}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 # Generation phases
 SUBMIT, JOB, TRACK, DONE = "submit", "job", "track", "done"
@@ -40,6 +40,7 @@ def schedule_kind(phase: str) -> str:
 GENERATION_FIELDS = {
     "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
     "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type", "last_error": "last_error",
+    "phase_clock": "pclock",
 }
 
 
@@ -62,6 +63,9 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
     for attr, value in fields.items():
         if attr == "known_tracks":
             value = ",".join(value or ())  # any sequence of ids, never JSON
+        elif attr == "phase_clock":
+            # (start, seconds into the phase of the latest poll), ~22 bytes: milliseconds are plenty
+            value = f"{value[0]:.3f},{value[1]:.3f}" if value else None
         elif attr in ("attempts", "errors") and value == 0:
             value = None  # stored as absent, read back as 0: bytes matter at 100,000 waiting
         out[GENERATION_FIELDS[attr]] = encode_value(value)
@@ -115,6 +119,14 @@ def _float(value: str | None) -> float | None:
     return float(value) if value not in (None, "") else None
 
 
+def _pair(value: str | None) -> tuple[float, float] | None:
+    try:
+        start, last = (value or "").split(",")
+        return float(start), float(last)
+    except ValueError:  # absent, or not ours: the phase polls on the cold schedule
+        return None
+
+
 @dataclass(frozen=True)
 class Generation:
     id: str
@@ -139,6 +151,10 @@ class Generation:
     outcome: str | None
     result: dict | None
     subscribers: tuple[str, ...]
+    # When the current phase's clock started (store time) and how far into it the latest
+    # poll was, for the learned schedule (schedule.py); None for a generation written
+    # before it existed, which then polls on the cold schedule.
+    phase_clock: tuple[float, float] | None = None
 
     @property
     def expired(self) -> bool:
@@ -171,6 +187,7 @@ class Generation:
             outcome=raw.get("outcome") or None,
             result=json.loads(result) if result else None,
             subscribers=tuple(s for s in raw.get("subs", "").split(",") if s),
+            phase_clock=_pair(raw.get("pclock")),
         )
 
 
@@ -283,11 +300,26 @@ class Store(Protocol):
     def scheduled_by_site(self) -> dict[str, dict[str, int]]:
         """Sites with scheduled entries ("" the default) -> {"submit": n, "poll": n}."""
 
+    # -- metrics (subtitle_tasks/metrics.py) -------------------------------------------
+    def metrics_add(self, increments: Mapping[str, float]) -> None: ...
+    def metrics_values(self) -> dict[str, float]: ...
+    def count_outcomes(self, outcomes: Mapping[str, int]) -> None: ...
+    def recent_outcomes(self, minutes: int = 60) -> dict[str, int]: ...
+    def schedule_stats(self, overdue_after: float) -> dict[str, Any]: ...
+    def list_requests(self, state: str | None = None, upload_id: str | None = None,
+                      limit: int = 50) -> list[dict[str, str]]: ...
+
     # -- sweep cursor (subtitle_tasks/sweep.py) ----------------------------------------
     def sweep_cursor(self, site: str = "") -> dict | None:
         """Where a site's sweeps got to ("" the default site); None if none was kept."""
     def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
         """Replace a site's sweep cursor (a JSON object), kept ``ttl`` seconds."""
+
+    # -- learned poll timing (subtitle_tasks/schedule.py) --------------------------------
+    def timing_stats(self, site: str, phase: str) -> list[float] | None:
+        """The site's histogram of ``phase`` durations (schedule.BUCKETS counts), None if none yet."""
+    def record_timing(self, site: str, phase: str, seconds: float, decay: float) -> None:
+        """Add one observed duration: every count times ``decay``, then +1 in its bucket (one atomic step)."""
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     def watch_beat(self, worker: str, broker: str, fence: float) -> bool: ...

@@ -10,6 +10,10 @@ site, ``:alias`` for a named one)::
     P:due[:{site}]        zset   generation being polled -> when its next step is due
     P:sites               set    named sites with entries in their schedule sets
     P:finishing           zset   request -> when its callbacks started being sent
+    P:recent              list   the newest 10,000 settled requests (``list``)
+    P:metrics             hash   fleet-wide counters and histograms (metrics.py)
+    P:timing:{phase}[:{site}] string learned phase durations, a decayed histogram (schedule.py)
+    P:outcomes:{minute}   hash   requests ended that minute, by outcome (two hours)
     P:lock:{name}         string who is working on a generation (or notifying a request)
     P:body_type[:{site}]  string the request body type the API accepted last (per site)
     P:dispatched[:{site}] string steps handed out in the site's current pacing window
@@ -28,7 +32,7 @@ from __future__ import annotations
 
 import uuid
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import redis
 
@@ -37,6 +41,8 @@ from .base import (
     dedup_field, split_field, writes_groups,
 )
 
+# Functions some scripts share, loaded in front of them (Lua scripts cannot include).
+_PREAMBLES = {"finish": "_generation_end.lua", "cancel": "_generation_end.lua"}
 _SCRIPTS = ("create", "claim_due", "load", "advance", "finish", "cancel", "settle", "claim_finishing", "unlock",
             "extend_lock")
 
@@ -90,6 +96,60 @@ return out
 """
 
 
+_COUNT_OUTCOMES = """
+-- ARGV: prefix, (outcome, n)...  Per-minute buckets on the server's clock, kept 2 hours.
+local t = redis.call('TIME')
+local key = ARGV[1] .. ':outcomes:' .. math.floor(tonumber(t[1]) / 60)
+for i = 2, #ARGV, 2 do redis.call('HINCRBY', key, ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', key, 7200)
+return 1
+"""
+
+_RECENT_OUTCOMES = """
+-- ARGV: prefix, minutes.  Returns {outcome, n, ...} summed over the last `minutes`.
+local t = redis.call('TIME')
+local minute = math.floor(tonumber(t[1]) / 60)
+local sums, order = {}, {}
+for m = minute - tonumber(ARGV[2]) + 1, minute do
+  local flat = redis.call('HGETALL', ARGV[1] .. ':outcomes:' .. m)
+  for i = 1, #flat, 2 do
+    if not sums[flat[i]] then sums[flat[i]] = 0; order[#order + 1] = flat[i] end
+    sums[flat[i]] = sums[flat[i]] + tonumber(flat[i + 1])
+  end
+end
+local out = {}
+for _, k in ipairs(order) do out[#out + 1] = k; out[#out + 1] = sums[k] end
+return out
+"""
+
+_SCHEDULE_STATS = """
+-- ARGV: prefix, overdue_after.  Returns {now, then per site and kind: site, kind,
+-- scheduled, due, overdue, oldest score ('' when empty)}. Times are strings: a Lua
+-- number returned to Redis loses its fraction.
+local prefix = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local late = now - tonumber(ARGV[2])
+local out = {string.format('%.6f', now)}
+local sites = redis.call('SMEMBERS', prefix .. ':sites')
+table.insert(sites, 1, '')
+for _, site in ipairs(sites) do
+  local suffix = ''
+  if site ~= '' then suffix = ':' .. site end
+  for _, kind in ipairs({'submit', 'due'}) do
+    local key = prefix .. ':' .. kind .. suffix
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    out[#out + 1] = site
+    out[#out + 1] = kind == 'due' and 'poll' or kind
+    out[#out + 1] = redis.call('ZCARD', key)
+    out[#out + 1] = redis.call('ZCOUNT', key, '-inf', string.format('%.6f', now))
+    out[#out + 1] = redis.call('ZCOUNT', key, '-inf', string.format('%.6f', late))
+    out[#out + 1] = oldest[2] or ''
+  end
+end
+return out
+"""
+
 _REQUEST_COUNTER = """
 -- Bookkeeping on a request that is still finishing (never on a settled or vanished one,
 -- which a bare HSET would recreate as a partial hash). ARGV: key, field, 'incr' | value
@@ -126,10 +186,17 @@ class RedisStore:
         self.retention = retention
         self._db = database_index(client)
         folder = resources.files(__package__) / "scripts"
-        self._scripts = {name: client.register_script((folder / f"{name}.lua").read_text()) for name in _SCRIPTS}
+        def source(name: str) -> str:
+            preamble = (folder / _PREAMBLES[name]).read_text() if name in _PREAMBLES else ""
+            return preamble + (folder / f"{name}.lua").read_text()
+
+        self._scripts = {name: client.register_script(source(name)) for name in _SCRIPTS}
         self._repair = client.register_script(_REPAIR)
         self._schedule_sizes = client.register_script(_SCHEDULE_SIZES)
         self._request_counter = client.register_script(_REQUEST_COUNTER)
+        self._count_outcomes = client.register_script(_COUNT_OUTCOMES)
+        self._recent_outcomes = client.register_script(_RECENT_OUTCOMES)
+        self._schedule_stats = client.register_script(_SCHEDULE_STATS)
 
     def _run(self, name: str, *args: Any) -> Any:
         return self._scripts[name](args=[self.prefix, *args])
@@ -287,6 +354,94 @@ class RedisStore:
         scheduled = sum(n["submit"] + n["poll"] for n in self.scheduled_by_site().values())
         return {"scheduled": scheduled, "in_flight": active, "finishing": finishing}
 
+    # -- metrics (subtitle_tasks/metrics.py) -------------------------------------------
+    # Keys: P:metrics hash, counter/histogram field -> value (fleet-wide, no TTL);
+    # P:outcomes:{minute} hash, outcome -> requests ended that minute (kept two hours).
+    def metrics_add(self, increments: Mapping[str, float]) -> None:
+        """Add to fleet-wide counters in one round trip (fields as metrics.py names them)."""
+        pipe = self.client.pipeline(transaction=False)
+        for field, amount in increments.items():
+            pipe.hincrbyfloat(f"{self.prefix}:metrics", field, amount)
+        pipe.execute()
+
+    def metrics_values(self) -> dict[str, float]:
+        raw = self.client.hgetall(f"{self.prefix}:metrics")
+        return {_text(k): float(_text(v)) for k, v in raw.items()}
+
+    def count_outcomes(self, outcomes: Mapping[str, int]) -> None:
+        """Requests that ended this minute, by outcome (server clock)."""
+        args: list[Any] = [self.prefix]
+        for outcome, n in outcomes.items():
+            args += [outcome, n]
+        self._count_outcomes(args=args)
+
+    def recent_outcomes(self, minutes: int = 60) -> dict[str, int]:
+        flat = self._recent_outcomes(args=[self.prefix, minutes])
+        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    def schedule_stats(self, overdue_after: float) -> dict[str, Any]:
+        """Per site and kind: scheduled, due now, overdue (due longer than ``overdue_after``),
+        and the oldest due time; plus the server's clock. A few calls per site, no scan."""
+        flat = self._schedule_stats(args=[self.prefix, overdue_after])
+        now, rows = float(_text(flat[0])), []
+        for i in range(1, len(flat), 6):
+            oldest = _text(flat[i + 5])
+            rows.append({"site": _text(flat[i]), "kind": _text(flat[i + 1]), "scheduled": int(flat[i + 2]),
+                         "due": int(flat[i + 3]), "overdue": int(flat[i + 4]),
+                         "oldest_due": float(oldest) if oldest else None})
+        return {"now": now, "schedules": rows}
+
+    def list_requests(self, state: str | None = None, upload_id: str | None = None,
+                      limit: int = 50) -> list[dict[str, str]]:
+        """Requests by state and upload, newest settled first, from indexes only.
+
+        In flight: the active index (HSCAN, filtered by upload), then each generation's
+        subscribers. Finishing: its sorted set. Settled: the last 10,000 (P:recent).
+        """
+        wanted_states = {state} if state else None
+        rows: list[dict[str, str]] = []
+
+        def take(ids: list[str]) -> bool:
+            pipe = self.client.pipeline(transaction=False)
+            for rid in ids:
+                pipe.hmget(f"{self.prefix}:req:{rid}", "state", "upload", "lang", "gen", "created", "finished")
+            for rid, values in zip(ids, pipe.execute()):
+                st, upload, lang, gen, created, finished = (_text(v) if v is not None else None for v in values)
+                if st is None or (wanted_states and st not in wanted_states) or (upload_id and upload != upload_id):
+                    continue
+                rows.append({"request_id": rid, "state": st, "upload_id": upload, "language_code": lang,
+                             "generation_id": gen, "created_at": created, "finished_at": finished})
+                if len(rows) >= limit:
+                    return True
+            return False
+
+        if state in (None, "waiting"):
+            match = f"*|{upload_id}|*" if upload_id else None
+            cursor = 0
+            while True:
+                cursor, entries = self.client.hscan(f"{self.prefix}:active", cursor, match=match, count=1000)
+                gids = [_text(v) for v in entries.values()]
+                if gids:
+                    pipe = self.client.pipeline(transaction=False)
+                    for gid in gids:
+                        pipe.hget(f"{self.prefix}:gen:{gid}", "subs")
+                    subs = [rid for raw in pipe.execute() if raw for rid in _text(raw).split(",") if rid]
+                    if take(subs):
+                        return rows
+                if cursor == 0:
+                    break
+        if state in (None, "finishing"):
+            if take([_text(r) for r in self.client.zrange(f"{self.prefix}:finishing", 0, 999)]):
+                return rows
+        if state in (None, "ready", "failed"):
+            start = 0
+            while start < 10000:
+                ids = [_text(r) for r in self.client.lrange(f"{self.prefix}:recent", start, start + 499)]
+                if not ids or take(ids):
+                    break
+                start += 500
+        return rows
+
     # -- sweep cursor (subtitle_tasks/sweep.py) ----------------------------------------
     # Key: P:sweep[:{site}] string, a JSON object, with a TTL. Named sites get a suffix
     # like P:body_type[:{site}], so no alias (not even "default") can share the default's.
@@ -307,6 +462,34 @@ class RedisStore:
         import json
 
         self.client.set(self._sweep_key(site), json.dumps(cursor, separators=(",", ":")), px=lock_millis(ttl))
+
+    # -- learned poll timing (subtitle_tasks/schedule.py) --------------------------------
+    # Key: P:timing:{phase}[:{site}] string, the phase's histogram as schedule.encode()
+    # writes it (a few hundred bytes at most), kept 30 days after its last update: a site
+    # idle that long starts from the cold schedule again. Script state/scripts/timing.lua,
+    # registered on first use.
+    _TIMING_TTL = 30 * 86400.0
+
+    def _timing_key(self, site: str, phase: str) -> str:
+        return f"{self.prefix}:timing:{phase}:{site}" if site else f"{self.prefix}:timing:{phase}"
+
+    def timing_stats(self, site: str, phase: str) -> list[float] | None:
+        from .. import schedule  # local: this region is edited apart from the module's imports
+
+        return schedule.decode(self.client.get(self._timing_key(site, phase)))
+
+    def record_timing(self, site: str, phase: str, seconds: float, decay: float) -> None:
+        from .. import schedule
+
+        if not schedule.valid_duration(seconds):
+            return
+        script = self.__dict__.get("_timing_script")
+        if script is None:
+            text = (resources.files(__package__) / "scripts" / "timing.lua").read_text()
+            script = self._timing_script = self.client.register_script(text)
+        script(keys=[self._timing_key(site, phase)],
+               args=[repr(float(decay)), schedule.BUCKETS, repr(schedule.PRUNE), lock_millis(self._TIMING_TTL),
+                     schedule.bucket_of(seconds) + 1])
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     # Keys: P:cbworkers zset (worker -> last heartbeat), P:cbworker:{w} hash (broker,

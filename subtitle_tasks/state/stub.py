@@ -19,7 +19,7 @@ import math
 import threading
 import time
 import uuid
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from .base import (
     DONE, FINISHING, SCHEDULE_POLL, SCHEDULE_SUBMIT, SUBMIT, WAITING, BrokerWrites, Created, Generation,
@@ -88,6 +88,9 @@ class MemoryStore:
         self._due: dict[str, float] = {}        # generation -> when its next step is due
         # generation -> (site, "submit" | "poll"): which of Redis's schedule sets holds it
         self._slot: dict[str, tuple[str, str]] = {}
+        self._metrics: dict[str, float] = {}    # the fleet counters metrics.py keeps
+        self._recent: list[str] = []            # newest settled requests first
+        self._outcomes: dict[int, dict[str, int]] = {}  # minute -> outcome -> requests
         self._finishing: dict[str, float] = {}  # request -> when its callbacks started
         self._body_types: dict[str, str] = {}  # site -> body type
         self.broker_writes: list[BrokerWrites] = []  # what settle would have queued on a broker
@@ -354,6 +357,8 @@ class MemoryStore:
             if req is None or req.get("state") != FINISHING:
                 return False
             req.update(state=final_state, finished=_stamp(now))
+            self._recent.insert(0, request_id)
+            del self._recent[10000:]
             if undelivered:
                 req["undelivered"] = _encode(list(undelivered))
             # No broker here (and so no broker key to check): kept for inspection.
@@ -433,6 +438,69 @@ class MemoryStore:
                 sizes.setdefault(site, {SCHEDULE_SUBMIT: 0, SCHEDULE_POLL: 0})[kind] += 1
             return sizes
 
+    # -- metrics (subtitle_tasks/metrics.py; RedisStore's P:metrics, P:outcomes:{minute}) --
+    def metrics_add(self, increments: Mapping[str, float]) -> None:
+        with self._lock:
+            for field, amount in increments.items():
+                self._metrics[field] = self._metrics.get(field, 0.0) + float(amount)
+
+    def metrics_values(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._metrics)
+
+    def count_outcomes(self, outcomes: Mapping[str, int]) -> None:
+        with self._lock:
+            bucket = self._outcomes.setdefault(int(self._now() // 60), {})
+            for outcome, n in outcomes.items():
+                bucket[outcome] = bucket.get(outcome, 0) + int(n)
+
+    def recent_outcomes(self, minutes: int = 60) -> dict[str, int]:
+        with self._lock:
+            minute = int(self._now() // 60)
+            sums: dict[str, int] = {}
+            for m in range(minute - minutes + 1, minute + 1):
+                for outcome, n in self._outcomes.get(m, {}).items():
+                    sums[outcome] = sums.get(outcome, 0) + n
+            return sums
+
+    def schedule_stats(self, overdue_after: float) -> dict[str, Any]:
+        with self._lock:
+            now = self._now()
+            rows: dict[tuple[str, str], dict[str, Any]] = {}
+            for site in {"", *(site for site, _ in self._slot.values())}:
+                for kind in (SCHEDULE_SUBMIT, SCHEDULE_POLL):
+                    rows[(site, kind)] = {"site": site, "kind": kind, "scheduled": 0, "due": 0, "overdue": 0,
+                                          "oldest_due": None}
+            for gid, when in self._due.items():
+                row = rows[self._slot[gid]]
+                row["scheduled"] += 1
+                row["due"] += when <= now
+                row["overdue"] += when <= now - overdue_after
+                if row["oldest_due"] is None or when < row["oldest_due"]:
+                    row["oldest_due"] = when
+            return {"now": now, "schedules": sorted(rows.values(), key=lambda r: (r["site"], r["kind"]))}
+
+    def list_requests(self, state: str | None = None, upload_id: str | None = None,
+                      limit: int = 50) -> list[dict[str, str]]:
+        with self._lock:
+            now = self._now()
+            in_flight = [rid for gid in self._active.values() for rid in _ids((self._gen(gid, now) or {}).get("subs", ""))]
+            order = [*in_flight, *self._finishing, *self._recent]
+            rows, seen = [], set()
+            for rid in order:
+                req = self._req(rid, now)
+                if rid in seen or req is None:
+                    continue
+                seen.add(rid)
+                if (state and req["state"] != state) or (upload_id and req["upload"] != upload_id):
+                    continue
+                rows.append({"request_id": rid, "state": req["state"], "upload_id": req["upload"],
+                             "language_code": req["lang"], "generation_id": req["gen"],
+                             "created_at": req.get("created"), "finished_at": req.get("finished")})
+                if len(rows) >= limit:
+                    break
+            return rows
+
     # -- sweep cursor (subtitle_tasks/sweep.py; RedisStore's P:sweep[:{site}]) ---------
     def sweep_cursor(self, site: str = "") -> dict | None:
         import json  # local: this region is edited apart from the module's imports
@@ -449,6 +517,28 @@ class MemoryStore:
         with self._lock:
             now = self._now()
             self._keys.set(f"sweep:{site}" if site else "sweep", raw, lock_millis(ttl) / 1000.0, now=now)
+
+    # -- learned poll timing (subtitle_tasks/schedule.py; RedisStore's P:timing:{phase}[:{site}]) --
+    # Kept as the same encoded string timing.lua writes, so both stores round alike.
+    _TIMING_TTL = 30 * 86400.0
+
+    def timing_stats(self, site: str, phase: str) -> list[float] | None:
+        from .. import schedule  # local: this region is edited apart from the module's imports
+
+        with self._lock:
+            raw = self._keys.get(f"timing:{phase}:{site}", self._now())
+        return schedule.decode(raw)
+
+    def record_timing(self, site: str, phase: str, seconds: float, decay: float) -> None:
+        from .. import schedule
+
+        if not schedule.valid_duration(seconds):
+            return
+        with self._lock:
+            now = self._now()
+            key = f"timing:{phase}:{site}"
+            counts = schedule.update(schedule.decode(self._keys.get(key, now)), seconds, decay)
+            self._keys.set(key, schedule.encode(counts), lock_millis(self._TIMING_TTL) / 1000.0, now=now)
 
     # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
     def _watch_workers(self, now: float) -> dict[str, float]:

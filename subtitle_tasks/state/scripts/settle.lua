@@ -78,6 +78,9 @@ if undelivered ~= '' then
   redis.call('HSET', req_key, 'undelivered', undelivered)
 end
 redis.call('PEXPIRE', req_key, math.max(1, math.floor(retention * 1000)))
+-- The newest settled requests, for `subtitle-tasks list` (bounded: no scan, no growth).
+redis.call('LPUSH', prefix .. ':recent', rid)
+redis.call('LTRIM', prefix .. ':recent', 0, 9999)
 
 if switch_db then redis.call('SELECT', broker_db) end
 for _, range in ipairs(groups) do

