@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from . import validation
+from . import logs, validation
 from .callbacks import encoded_size, error_payload, normalize
 from .errors import (
     ErrorCode, IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, StateUnavailable,
@@ -137,7 +137,10 @@ def _create(runtime: Any, checked: _Checked) -> RequestHandle:
                                             "(SUBTITLE_TASKS_MAX_JOINS); ask again when it has finished")
     log.info("request %s for upload %s (%s, site %s) %s generation %s", checked.request_id, checked.upload_id,
              checked.language_code, checked.site.label, "joined" if created.joined else "started",
-             created.generation_id)
+             created.generation_id,
+             extra=logs.context(request_id=checked.request_id, generation_id=created.generation_id,
+                                site=checked.site.label, upload_id=checked.upload_id,
+                                language_code=checked.language_code))
     return RequestHandle(checked.request_id, created.generation_id, created.joined)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 import logging
 import re
 from typing import Any
@@ -28,6 +29,7 @@ from kombu.exceptions import OperationalError
 from . import validation
 from .errors import ErrorCode, InvalidSubtitleRequest
 from .handoff import HandoffUnsupported, handoff
+from .metrics import DECIDED_AT_HEADER
 from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestRecord, Store
 
 log = logging.getLogger("subtitle_tasks.callbacks")
@@ -350,4 +352,5 @@ class Notifier:
         # header marks the message as ours for the receiving worker (callback_watch).
         sig.apply_async(args=(first_arg,), producer=producer, retry=retry,
                         task_id=callback_task_id(request_id, kind, index),
-                        headers={CALLBACK_HEADER: f"{request_id}|{kind}|{index}"}, **routing)
+                        headers={CALLBACK_HEADER: f"{request_id}|{kind}|{index}",
+                                 DECIDED_AT_HEADER: repr(time.time())}, **routing)

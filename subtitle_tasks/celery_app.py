@@ -119,6 +119,13 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
     callback_watch.install(app, report)
 
     runtime.attach(app, settings)
+    from . import metrics
+
+    metrics.install(app, report)
+    from . import logs
+
+    if logs.install(settings.log_format):
+        report.changes.append("subtitle_tasks logs are JSON lines (SUBTITLE_TASKS_LOG_FORMAT=json)")
     log.info("subtitle_tasks.init_app: %s", report)
     return report
 

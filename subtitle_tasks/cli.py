@@ -67,6 +67,56 @@ def _cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list(args: argparse.Namespace) -> int:
+    from .runtime import runtime_for
+
+    rows = runtime_for().store.list_requests(args.state, args.upload, args.limit)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        print(f"{row['request_id']:<32} {row['state']:<10} {row['upload_id']:<24} {row['language_code']}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from .metrics import fleet_stats
+    from .runtime import runtime_for
+
+    runtime = runtime_for()
+    stats = fleet_stats(runtime.store, runtime.settings.lease)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    outcomes = ", ".join(f"{n} {k}" for k, n in sorted(stats["outcomes_last_hour"].items())) or "none"
+    print(f"in flight    {stats['in_flight']}\n"
+          f"scheduled    {stats['scheduled']} ({stats['due']} due now, {stats['overdue']} overdue)\n"
+          f"oldest wait  {stats['oldest_due_seconds']:.1f}s past due\n"
+          f"finishing    {stats['finishing']}\n"
+          f"last hour    {outcomes}")
+    for row in stats["by_site"]:
+        if row["scheduled"]:
+            print(f"  site {row['site']:<12} {row['kind']:<7} {row['scheduled']} scheduled, {row['due']} due, "
+                  f"{row['overdue']} overdue")
+    return 0
+
+
+def _metrics(args: argparse.Namespace) -> int:
+    from .metrics import MetricsServer
+    from .runtime import runtime_for
+
+    runtime = runtime_for()
+    server = MetricsServer(runtime.store, runtime.settings.lease, host=args.host, port=args.port)
+    print(f"serving /metrics and /stats.json on {args.host}:{server.port}", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
 def _recover(args: argparse.Namespace) -> int:
     from . import app  # noqa: F401  (a Celery app to publish with)
     from .tasks import recover
@@ -149,6 +199,22 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", help="cancel a waiting request")
     cancel.add_argument("request_id")
     cancel.set_defaults(func=_cancel)
+
+    listing = sub.add_parser("list", help="requests in flight and recently settled, from indexes")
+    listing.add_argument("--state", choices=["waiting", "finishing", "ready", "failed"])
+    listing.add_argument("--upload", help="only this upload's requests")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(func=_list)
+
+    stats = sub.add_parser("stats", help="the fleet now: in flight, due, overdue, oldest wait, last hour")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+    stats.set_defaults(func=_stats)
+
+    metrics = sub.add_parser("metrics", help="serve fleet metrics to Prometheus (/metrics, /stats.json)")
+    metrics.add_argument("--port", type=int, default=9100)
+    metrics.add_argument("--host", default="0.0.0.0")
+    metrics.set_defaults(func=_metrics)
 
     recover = sub.add_parser("recover", help="run one recovery sweep now (what celery beat runs)")
     recover.set_defaults(func=_recover)

@@ -15,6 +15,7 @@ only where a DatoCMS client is built, i.e. in workers.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import weakref
@@ -24,6 +25,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
+from .metrics import Recorder
 from .settings import ConfigurationError, Settings, load_settings
 from .sites import Site, SiteError
 from .state import RedisStore
@@ -57,6 +59,11 @@ class Runtime:
                     url = self.settings.require_state_url()
                     self._store = RedisStore(redis_client(url), self.settings.key_prefix, self.settings.retention)
         return self._store
+
+    @property
+    def metrics(self) -> Recorder:
+        """Counts into this runtime's store (fleet-wide, in Redis)."""
+        return Recorder(self.store)
 
     def site(self, alias: str | None) -> Site:
         """The site named ``alias`` (None for the default one); ConfigurationError if unknown."""
@@ -104,7 +111,8 @@ class Runtime:
         return DatoCMSClient(token, base_url=site.base_url, environment=site.environment,
                              timeout=s.http_timeout, rate_limiter=limiter,
                              max_response_bytes=s.max_response_bytes, max_call_seconds=2 * s.http_timeout,
-                             allow_insecure_http=s.allow_insecure_http)
+                             allow_insecure_http=s.allow_insecure_http,
+                             on_answer=functools.partial(self.metrics.http_answer, site.alias))
 
     def close(self) -> None:
         for client in self._clients.values():

@@ -37,7 +37,8 @@ def _notifier(app) -> Notifier:
 
 def _pipeline(app) -> Pipeline:
     runtime = runtime_for(app)
-    return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app).notify)
+    return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app).notify,
+                    metrics=runtime.metrics)
 
 
 @shared_task(name="subtitle_tasks.submit", **_COMMON)

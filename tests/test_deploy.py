@@ -107,7 +107,8 @@ def _env(container: dict) -> dict[str, dict]:
 def test_kubernetes_reads_the_redis_password_from_the_secret():
     docs = [doc for path in K8S if path.name != "secret.example.yaml" for doc in _docs(path)]
     workloads = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet")}
-    assert set(workloads) == {"subtitle-tasks-worker", "subtitle-tasks-beat", "subtitle-tasks-redis"}
+    assert set(workloads) == {"subtitle-tasks-worker", "subtitle-tasks-beat", "subtitle-tasks-redis",
+                              "subtitle-tasks-metrics"}
     for name, doc in workloads.items():
         [container] = _containers(doc)
         env = _env(container)
@@ -183,7 +184,8 @@ def test_kustomize_builds_the_manifests():
     assert out.returncode == 0, out.stderr
     kinds = re.findall(r"^kind: (\w+)$", out.stdout, re.M)
     assert sorted(kinds) == sorted(["ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet",
-                                    "NetworkPolicy", "Deployment", "PodDisruptionBudget", "Deployment"])
+                                    "NetworkPolicy", "Deployment", "PodDisruptionBudget", "Deployment",
+                                    "Deployment", "Service"])
     assert "kind: Secret" not in out.stdout  # created out of band, never applied from the repo
 
 
@@ -348,3 +350,30 @@ def test_kombu_works_as_the_fleet_user(acl_redis):
         assert message.payload == {"n": 1}
         message.ack()
         queue.close()
+
+
+# -- autoscaling --------------------------------------------------------------------------
+
+
+def test_keda_scales_the_workers_on_the_schedules_backlog():
+    """The ScaledObject reads a value the exporter really serves, from the Service it names."""
+    from subtitle_tasks.metrics import fleet_stats
+    from subtitle_tasks.state import MemoryStore
+
+    [scaled] = _docs(DEPLOY / "k8s" / "keda-scaledobject.yaml")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1" and scaled["kind"] == "ScaledObject"
+    workers = [d for d in _docs(DEPLOY / "k8s" / "worker.yaml") if d["kind"] == "Deployment"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == workers[0]["metadata"]["name"]
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "metrics-api"  # not Celery's queue length, which misses the schedule
+    url = trigger["metadata"]["url"]
+    service = next(d for d in _docs(DEPLOY / "k8s" / "metrics.yaml") if d["kind"] == "Service")
+    port = service["spec"]["ports"][0]["port"]
+    assert url == f"http://{service['metadata']['name']}:{port}/stats.json"
+    store = MemoryStore()
+    store.create_request(request_id="r", generation_id="g", upload_id="u", language_code="en", name=None,
+                         environment=None, on_ready=[], on_error=[], ttl=60)
+    stats = fleet_stats(store, overdue_after=30)
+    assert stats[trigger["metadata"]["valueLocation"]] == 1  # one step due now
+    assert int(trigger["metadata"]["targetValue"]) > 0
+    assert scaled["spec"]["minReplicaCount"] >= 1

@@ -53,6 +53,7 @@ def test_requests_on_two_sites_reach_their_own_api_with_their_own_token(two_site
     assert {p[0] for p in blog_sim.accepted_posts()} == {"staging"}
     assert subtitle_tasks.status(b.id)["site"] == "blog" and subtitle_tasks.status(a.id)["site"] is None
     assert all(r.status != 401 for r in [*sim.requests(), *blog_sim.requests()])
+    assert all(r.status != 429 for r in [*sim.requests(), *blog_sim.requests()])  # each plan respected
 
 
 def test_the_same_upload_on_two_sites_is_two_generations(two_sites):

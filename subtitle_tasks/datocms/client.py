@@ -370,6 +370,8 @@ class DatoCMSClient:
         session: a ``requests.Session`` to use.  The client closes only a
             session it created itself.
         rate_limiter: a :class:`RateLimiter` shared by the fleet, or ``None``.
+        on_answer: called with the HTTP status of every answer (metrics); its
+            errors are logged, never raised.
         max_inline_retries: how many times one call may be retried inline.
         max_inline_wait: the longest delay (seconds) worth waiting inline;
             longer waits are raised to the caller.
@@ -393,6 +395,7 @@ class DatoCMSClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS,
         allow_insecure_http: bool = False,
+        on_answer: Callable[[int], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: Callable[[], float] = random.random,
     ) -> None:
@@ -432,6 +435,7 @@ class DatoCMSClient:
         self._base_url = base_url
         self._environment = environment
         self._rate_limiter = rate_limiter
+        self._on_answer = on_answer
         self._max_inline_retries = max_inline_retries
         self._max_inline_wait = float(max_inline_wait)
         self._max_response_bytes = max_response_bytes
@@ -717,6 +721,7 @@ class DatoCMSClient:
             # The server counted this request whatever the body held: every
             # answer's headers feed the shared budget.
             self._observe(response)
+            self._count(response.status_code)
         elapsed = time.monotonic() - started
         if failure is not None:
             # Raised outside the except block on purpose: the requests
@@ -972,6 +977,14 @@ class DatoCMSClient:
             observe(limit, remaining)
         except Exception:  # advisory: a broken limiter must not hide the answer
             logger.warning("rate limiter observe(%s, %s) failed", limit, remaining, exc_info=True)
+
+    def _count(self, status: int) -> None:
+        if self._on_answer is None:
+            return
+        try:
+            self._on_answer(status)
+        except Exception:  # advisory, like the limiter's hooks
+            logger.warning("on_answer(%s) failed", status, exc_info=True)
 
     def _penalize(self, seconds: float) -> None:
         if self._rate_limiter is None:
