@@ -828,10 +828,16 @@ class DatoCMSClient:
     def _read_failed(self, err: BaseException, method: str, path: str, status: int) -> NetworkError:
         timed_out = isinstance(err, (ReadTimeoutError, TimeoutError, requests.exceptions.Timeout))
         what = "timed out reading the answer" if timed_out else "connection failed while reading the answer"
+        return self._network_error(err, method, path, what, request_sent=True, status=status)
+
+    def _network_error(self, err: BaseException, method: str, path: str, what: str, *,
+                       request_sent: bool, status: int | None = None) -> NetworkError:
+        """The NetworkError for a transport failure, with the cause's text redacted."""
         text = self._redact(str(err))[:_MAX_TEXT]
+        answered = f"{status}; " if status is not None else ""
         exc = NetworkError(
-            f"{method} {path}: {what} ({status}; {type(err).__name__}: {text})",
-            request_sent=True,
+            f"{method} {path}: {what} ({answered}{type(err).__name__}: {text})",
+            request_sent=request_sent,
             details={"exception": type(err).__name__},
             method=method,
             path=path,
@@ -855,15 +861,7 @@ class DatoCMSClient:
             what = "timed out waiting for the answer"
         else:
             what = "connection failed after the request was sent"
-        exc = NetworkError(
-            f"{method} {path}: {what} ({type(err).__name__}: {text})",
-            request_sent=sent,
-            details={"exception": type(err).__name__},
-            method=method,
-            path=path,
-        )
-        exc.outcome_unknown = self._outcome_unknown(method, exc)
-        return exc
+        return self._network_error(err, method, path, what, request_sent=sent)
 
     def _error_from_response(
         self, method: str, path: str, response: requests.Response, size: int, parsed: Any, request_id: str | None
