@@ -261,7 +261,7 @@ def cancel(request_id: str, *, app: Any = None) -> bool:
         return False
     # Its error callback goes out from a worker; if this publish fails, recovery sends it.
     try:
-        from .celery_app import publishing_app
+        from .publisher import publishing_app
 
         wired = next((a for a in (app, _current_app()) if a is not None and attached(a) is runtime), None)
         publishing_app(wired, runtime.settings).send_task("subtitle_tasks.notify", args=[request_id],

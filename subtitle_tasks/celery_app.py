@@ -9,34 +9,12 @@ from typing import Any
 from celery import Celery
 
 from . import runtime
+from .publisher import DEDICATED_QUEUE, DEFAULT_BROKER
 from .settings import ConfigurationError, Settings, load_settings
 
 log = logging.getLogger("subtitle_tasks")
 
 RECOVER_EVERY = 30.0  # seconds between beat sweeps that init_app schedules
-DEFAULT_BROKER = "redis://127.0.0.1:6379/0"  # the dedicated app's broker when none is set
-DEDICATED_QUEUE = "subtitle_tasks"  # the dedicated fleet's queue when SUBTITLE_TASKS_QUEUE is unset
-
-
-
-_publisher: tuple[Settings, Celery] | None = None
-
-
-def publishing_app(app: Celery | None, settings: Settings) -> Celery:
-    """The app to publish our own tasks with: ``app`` when given, else a bare publisher.
-
-    The bare one is built from ``settings`` (the ones request_subtitles uses) and
-    configures nothing: a web process that only calls cancel() must not have its
-    state re-pointed by building the dedicated worker app.
-    """
-    global _publisher
-    if app is not None:
-        return app
-    if _publisher is None or _publisher[0] is not settings:
-        app = Celery("subtitle_tasks-publisher", broker=settings.broker_url or DEFAULT_BROKER, set_as_current=False)
-        app.conf.task_default_queue = settings.queue or DEDICATED_QUEUE
-        _publisher = (settings, app)
-    return _publisher[1]
 
 
 @dataclass
@@ -119,9 +97,9 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
     callback_watch.install(app, report)
 
     runtime.attach(app, settings)
-    from . import metrics
+    from . import worker_metrics
 
-    metrics.install(app, report)
+    worker_metrics.install(app, report)
     from . import logs
 
     if logs.install(settings.log_format):
