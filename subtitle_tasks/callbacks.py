@@ -27,7 +27,7 @@ from celery.canvas import Signature, signature
 from kombu.exceptions import OperationalError
 
 from . import validation
-from .errors import ErrorCode, InvalidSubtitleRequest
+from .errors import ErrorCode, InvalidSubtitleRequest, error_fields
 from .handoff import HandoffUnsupported, handoff
 from .metrics import DECIDED_AT_HEADER
 from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestRecord, Store
@@ -154,12 +154,10 @@ def report_refusal(app: Celery, default_queue: str | None, message_id: str, exc:
         callbacks = normalize("on_error", on_error)
     except InvalidSubtitleRequest:
         return False
-    error = {
-        "code": ErrorCode.INVALID_ARGUMENTS.value, "message": str(exc), "field": exc.field,
-        "request_id": None, "site": None, "upload_id": upload_id if isinstance(upload_id, str) else None,
-        "language_code": language_codes if isinstance(language_codes, str) else None,
-        "api_code": None, "api_status": None, "api_request_id": None, "job_id": None, "track_id": None,
-    }
+    error = {**_error_dict(error_fields(ErrorCode.INVALID_ARGUMENTS, str(exc)), request_id=None, site=None,
+                           upload_id=upload_id if isinstance(upload_id, str) else None,
+                           language_code=language_codes if isinstance(language_codes, str) else None),
+             "field": exc.field}
     for index, raw in enumerate(callbacks):
         sig = signature(expand(raw), app=app)
         routing = _default_routing(sig, default_queue)
@@ -179,20 +177,28 @@ def error_payload(request: RequestRecord, generation: Generation | None) -> dict
     base = request.error or (generation.result if generation else None) or {
         "code": "protocol_error", "message": "the generation's state expired before its callbacks were sent",
     }
-    payload = {
+    return _error_dict(base, request_id=request.id, site=(generation.site or None) if generation else None,
+                       upload_id=request.upload_id, language_code=request.language_code,
+                       job_id=generation.job_id if generation else None,
+                       track_id=generation.track_id if generation else None)
+
+
+def _error_dict(base: dict, *, request_id: str | None, site: str | None, upload_id: str | None,
+                language_code: str | None, job_id: str | None = None, track_id: str | None = None) -> dict:
+    """Every error dict's keys, in one place (README.md, "Error codes")."""
+    return {
         "code": base.get("code"),
         "message": base.get("message"),
-        "request_id": request.id,
-        "site": (generation.site or None) if generation else None,
-        "upload_id": request.upload_id,
-        "language_code": request.language_code,
+        "request_id": request_id,
+        "site": site,
+        "upload_id": upload_id,
+        "language_code": language_code,
         "api_code": base.get("api_code"),
         "api_status": base.get("api_status"),
         "api_request_id": base.get("api_request_id"),
-        "job_id": generation.job_id if generation else None,
-        "track_id": generation.track_id if generation else None,
+        "job_id": job_id,
+        "track_id": track_id,
     }
-    return payload
 
 
 _ROUTING_OPTIONS = ("queue", "routing_key", "exchange")

@@ -35,6 +35,14 @@ def schedule_kind(phase: str) -> str:
     return SCHEDULE_SUBMIT if phase == SUBMIT else SCHEDULE_POLL
 
 
+def sizes_by_site(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """``schedule_stats`` rows as site -> {"submit": n, "poll": n}, sites with entries only."""
+    sizes: dict[str, dict[str, int]] = {}
+    for row in rows:
+        sizes.setdefault(row["site"], {SCHEDULE_SUBMIT: 0, SCHEDULE_POLL: 0})[row["kind"]] += row["scheduled"]
+    return {site: n for site, n in sizes.items() if n[SCHEDULE_SUBMIT] or n[SCHEDULE_POLL]}
+
+
 # Generation attributes Store.advance may change -> their hash field names (kept short:
 # a fleet may hold 100,000 waiting generations).
 GENERATION_FIELDS = {

@@ -38,7 +38,7 @@ import redis
 
 from .base import (
     BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode, lock_millis,
-    dedup_field, split_field, writes_groups,
+    dedup_field, sizes_by_site, split_field, writes_groups,
 )
 
 # Functions some scripts share, loaded in front of them (Lua scripts cannot include).
@@ -81,20 +81,6 @@ for i = 2, #ARGV - 1, 2 do
 end
 return repaired
 """
-
-_SCHEDULE_SIZES = """
--- Entries per schedule set: {site, submits, polls, ...} for the default site ('')
--- and every named site listed in P:sites. ARGV: prefix
-local prefix = ARGV[1]
-local out = {'', redis.call('ZCARD', prefix .. ':submit'), redis.call('ZCARD', prefix .. ':due')}
-for _, site in ipairs(redis.call('SMEMBERS', prefix .. ':sites')) do
-  out[#out + 1] = site
-  out[#out + 1] = redis.call('ZCARD', prefix .. ':submit:' .. site)
-  out[#out + 1] = redis.call('ZCARD', prefix .. ':due:' .. site)
-end
-return out
-"""
-
 
 _COUNT_OUTCOMES = """
 -- ARGV: prefix, (outcome, n)...  Per-minute buckets on the server's clock, kept 2 hours.
@@ -192,7 +178,6 @@ class RedisStore:
 
         self._scripts = {name: client.register_script(source(name)) for name in _SCRIPTS}
         self._repair = client.register_script(_REPAIR)
-        self._schedule_sizes = client.register_script(_SCHEDULE_SIZES)
         self._request_counter = client.register_script(_REQUEST_COUNTER)
         self._count_outcomes = client.register_script(_COUNT_OUTCOMES)
         self._recent_outcomes = client.register_script(_RECENT_OUTCOMES)
@@ -341,10 +326,7 @@ class RedisStore:
 
     def scheduled_by_site(self) -> dict[str, dict[str, int]]:
         """Sites with scheduled entries -> {"submit": n, "poll": n} (the default site is "")."""
-        flat = self._schedule_sizes(args=[self.prefix])
-        sizes = {_text(flat[i]): {"submit": int(flat[i + 1]), "poll": int(flat[i + 2])}
-                 for i in range(0, len(flat), 3)}
-        return {site: n for site, n in sizes.items() if n["submit"] or n["poll"]}
+        return sizes_by_site(self.schedule_stats(0.0)["schedules"])
 
     def counts(self) -> dict[str, int]:
         pipe = self.client.pipeline(transaction=False)

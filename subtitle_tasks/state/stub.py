@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from .base import (
     DONE, FINISHING, SCHEDULE_POLL, SCHEDULE_SUBMIT, SUBMIT, WAITING, BrokerWrites, Created, Generation,
     RequestRecord, encode_generation_fields, dedup_field, encode_value as _encode, lock_millis, schedule_kind,
-    writes_groups,
+    sizes_by_site, writes_groups,
 )
 
 def _stamp(t: float) -> str:
@@ -431,12 +431,7 @@ class MemoryStore:
             return {"scheduled": len(self._due), "in_flight": len(self._active), "finishing": len(self._finishing)}
 
     def scheduled_by_site(self) -> dict[str, dict[str, int]]:
-        with self._lock:
-            sizes: dict[str, dict[str, int]] = {}
-            for gid in self._due:
-                site, kind = self._slot[gid]
-                sizes.setdefault(site, {SCHEDULE_SUBMIT: 0, SCHEDULE_POLL: 0})[kind] += 1
-            return sizes
+        return sizes_by_site(self.schedule_stats(0.0)["schedules"])
 
     # -- metrics (subtitle_tasks/metrics.py; RedisStore's P:metrics, P:outcomes:{minute}) --
     def metrics_add(self, increments: Mapping[str, float]) -> None:
