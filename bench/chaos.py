@@ -8,11 +8,16 @@ accepted POST per upload and language) and how long the fleet took, next to a qu
 run of the same requests without kills or faults measured in the same invocation.
 Exits 1 if any guarantee was broken. The short version runs in CI
 (tests/test_resilience.py::test_chaos_every_request_ends_once_with_one_generation).
+
+Writes ``bench/results/chaos-<timestamp>.summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import platform
 import sys
 import tempfile
 import time
@@ -49,10 +54,16 @@ def _delete_queues(broker: str, queue: str) -> None:
 
     with Connection(broker) as conn:
         for name in (queue, f"callbacks-{queue}"):
-            try:
+            with contextlib.suppress(Exception):
                 conn.default_channel.queue_delete(name)
-            except Exception:
-                pass
+
+
+def _report(report) -> dict:
+    """A ChaosReport's figures, as printed in its table."""
+    return {"requests": report.requests, "callbacks_fired": sum(report.calls.values()),
+            "repeated_deliveries": report.repeats(), "max_posts_per_track": max(report.posts.values() or [0]),
+            "kills": dict(report.kills), "seconds_to_finish": round(report.seconds_to_finish, 2),
+            "problems": len(report.problems())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
     problems = chaos.problems() + quiet.problems()
     print(f"\nguarantees broken: {len(problems)}" + "".join(f"\n  {p}" for p in problems[:20]))
     print(f"total wall time {time.monotonic() - started:.0f}s")
+    summary = {
+        "benchmark": "chaos", "issue": None, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        # The broker's kind, not its URL (which may hold credentials).
+        "settings": {"requests": args.requests, "seconds": args.seconds, "workers": args.workers,
+                     "seed": args.seed, "broker": broker},
+        "results": {"chaos": _report(chaos), "quiet": _report(quiet),
+                    "ratio": round(chaos.seconds_to_finish / max(quiet.seconds_to_finish, 1e-9), 3),
+                    "guarantees_broken": len(problems), "problems": problems[:20]},
+        "seconds_total": round(time.monotonic() - started, 1),
+    }
+    out = Path(__file__).parent / "results" / f"chaos-{time.strftime('%Y%m%d-%H%M%S')}.summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"summary: {out}")
     return 1 if problems else 0
 
 

@@ -158,7 +158,7 @@ class SimulatedDispatcher:
         pipe = self.client.pipeline(transaction=False)
         for key in self.pace_keys:
             pipe.exists(key)
-        for key, exists in zip(self.pace_keys, pipe.execute()):
+        for key, exists in zip(self.pace_keys, pipe.execute(), strict=True):
             if exists:
                 self.window_start.setdefault(key, self.t)
         claimed = [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]

@@ -6,14 +6,18 @@
 Redis runs one script at a time, so a script's run time is time every other client
 waits. Measured by Redis itself (SLOWLOG with a threshold of 0, microseconds per
 call), not by the client, and printed next to the same server's time for a single
-HGET in the same run as the baseline.
+HGET in the same run as the baseline. Writes ``bench/results/fanin-<timestamp>.summary.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
+import time
 import uuid
+from pathlib import Path
 
 import redis
 
@@ -38,12 +42,12 @@ def measure(client: redis.Redis, subscribers: int, repeats: int = 5) -> dict[str
                                  name=None, environment=None, on_ready=[{"task": "app.publish", "args": [i]}],
                                  on_error=[], ttl=600, max_joins=subscribers)
         # The last join, cancelling one of many, then ending the generation with everyone waiting.
-        create.append(_server_micros(client, lambda: store.create_request(
+        create.append(_server_micros(client, lambda store=store, gid=gid: store.create_request(
             request_id="last", generation_id=gid, upload_id="u", language_code="en", name=None, environment=None,
             on_ready=[], on_error=[], ttl=600, max_joins=subscribers)))
-        cancel.append(_server_micros(client, lambda: store.cancel("r0" if subscribers > 1 else "last",
-                                                                   {"code": "cancelled"})))
-        finish.append(_server_micros(client, lambda: store.finish(gid, "ready", {"id": "t"})))
+        cancel.append(_server_micros(client, lambda store=store: store.cancel("r0" if subscribers > 1 else "last",
+                                                                               {"code": "cancelled"})))
+        finish.append(_server_micros(client, lambda store=store, gid=gid: store.finish(gid, "ready", {"id": "t"})))
     return {"create_us": statistics.median(create), "cancel_us": statistics.median(cancel),
             "finish_us": statistics.median(finish)}
 
@@ -60,11 +64,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"baseline: one HGET takes {baseline:g} us of Redis time\n")
         print("| joined requests | create (join) | cancel one | finish (notify all) | finish / HGET |")
         print("|---|---|---|---|---|")
+        rows = []
         for size in args.sizes:
             row = measure(client, size)
+            rows.append({"joined": size, **row})
             print(f"| {size:,} | {row['create_us'] / 1000:.3f} ms | {row['cancel_us'] / 1000:.3f} ms | "
                   f"{row['finish_us'] / 1000:.3f} ms | {row['finish_us'] / max(baseline, 1):,.0f}x |")
         client.close()
+    summary = {
+        "benchmark": "fanin", "issue": None, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version()},
+        "clock": "Redis SLOWLOG (threshold 0), microseconds per call, median of 5",
+        "settings": {"sizes": args.sizes, "repeats": 5},
+        "results": {"baseline_hget_us": baseline, "sizes": rows},
+    }
+    out = Path(__file__).parent / "results" / f"fanin-{time.strftime('%Y%m%d-%H%M%S')}.summary.json"
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\nsummary: {out}")
 
 
 if __name__ == "__main__":

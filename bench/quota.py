@@ -241,7 +241,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def environment() -> dict[str, Any]:
     try:
         revision = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
+                                  text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         revision = ""
     return {"git": revision, "python": platform.python_version(), "platform": platform.platform(),

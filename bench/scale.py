@@ -24,12 +24,14 @@ are both ``--wait-seconds``), and over an idle window we read: the worker's RSS
 (main + pool children, from /proc), its CPU, Redis ``used_memory`` growth per
 waiting request, and ``MEMORY USAGE`` per key type. Results are printed as a
 markdown table (with ours/baseline ratios) and written to
-``bench/results/scale-<timestamp>.json``. See bench/README.md.
+``bench/results/scale-<timestamp>.json``, the headline figures and the per-key
+breakdown also to ``bench/results/scale-<timestamp>.summary.json``. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -42,8 +44,9 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import redis
 
@@ -78,10 +81,8 @@ def children_of(pid: int) -> list[int]:
     kids: list[int] = []
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
+            with contextlib.suppress(OSError):
                 kids += [int(p) for p in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
-            except OSError:
-                pass
     except OSError:
         pass
     return kids
@@ -183,10 +184,8 @@ class Spawned:
             self.process.kill()
             self.process.wait()
         for pid in descendants:  # pool children normally exit with their parent
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.5,
@@ -416,8 +415,8 @@ class Scenario:
             started = time.monotonic()
             cpu_start, _ = cpu_snapshot(self.worker.pid)
             watch = [self.worker, *self.others]
-            wait_for(f"all {self.n} requests to be waiting", self.all_waiting, self.args.ramp_timeout(self.n, self.real),
-                     interval=1.0, progress=self.progress, watch=watch)
+            wait_for(f"all {self.n} requests to be waiting", self.all_waiting,
+                     self.args.ramp_timeout(self.n, self.real), interval=1.0, progress=self.progress, watch=watch)
             self.result["seconds_to_all_waiting"] = time.monotonic() - started
             cpu_ramp, _ = cpu_snapshot(self.worker.pid)
             self.result["worker_cpu_seconds_to_all_waiting"] = cpu_ramp - cpu_start
@@ -472,7 +471,8 @@ class Scenario:
             "redis_bytes_per_waiting_excl_clients": (
                 (redis_mem["used_memory"] - redis_mem["mem_clients_normal"])
                 - (empty["used_memory"] - empty["mem_clients_normal"])) / self.n,
-            "redis_dataset_bytes_per_waiting": (redis_mem["used_memory_dataset"] - empty["used_memory_dataset"]) / self.n,
+            "redis_dataset_bytes_per_waiting":
+                (redis_mem["used_memory_dataset"] - empty["used_memory_dataset"]) / self.n,
             "redis_rss_bytes_per_waiting": (redis_mem["used_memory_rss"] - empty["used_memory_rss"]) / self.n,
             "dbsize": self.client.dbsize(),
         }
@@ -745,7 +745,7 @@ def table(results: list[dict[str, Any]]) -> str:
             for key, _, _ in COLUMNS:
                 base = rows["baseline"][key]
                 cells.append(f"{rows['ours'][key] / base:.2f}x" if base and key not in NO_RATIO else "")
-            lines.append("| " + " | ".join(["**ours / baseline**", f"{n:,}", ""] + cells) + " |")
+            lines.append("| " + " | ".join(["**ours / baseline**", f"{n:,}", "", *cells]) + " |")
     return "\n".join(lines)
 
 
@@ -767,9 +767,25 @@ def goals(results: list[dict[str, Any]]) -> list[str]:
         if r["scenario"] != "ours":
             continue
         v = row_values(r)
-        out.append(f"N={r['n']:,}: worker RSS {v['rss']:.1f} MB (goal < 256: {'met' if v['rss'] < 256 else 'NOT met'}), "
+        out.append(f"N={r['n']:,}: worker RSS {v['rss']:.1f} MB "
+                   f"(goal < 256: {'met' if v['rss'] < 256 else 'NOT met'}), "
                    f"Redis {v['bytes']:.0f} B/request (goal < 1024: {'met' if v['bytes'] < 1024 else 'NOT met'})")
     return out
+
+
+def headline(r: dict[str, Any]) -> dict[str, Any]:
+    """One scenario's figures for the summary file (the full dump keeps the rest)."""
+    idle = r["idle"]
+    return {
+        "scenario": r["scenario"], "n": r["n"], "real_first_steps": r["real_first_steps"],
+        "enqueue_seconds": r["enqueue_seconds"], "seconds_to_all_waiting": r["seconds_to_all_waiting"],
+        "worker_rss_total_kb": idle["worker"]["rss_total_kb"], "worker_pss_total_kb": idle["worker"]["pss_total_kb"],
+        "worker_main_rss_kb": idle["worker"]["rss_main_kb"], "worker_cpu_percent_idle": idle["worker_cpu_percent"],
+        "redis_cpu_percent_idle": idle["redis_cpu_percent"],
+        "redis_bytes_per_waiting": idle["redis_bytes_per_waiting"],
+        "redis_rss_bytes_per_waiting": idle.get("redis_rss_bytes_per_waiting"),
+        "breakdown_per_waiting_request": r.get("breakdown", {}).get("per_waiting_request", {}),
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -778,7 +794,7 @@ def environment() -> dict[str, Any]:
 
     try:
         revision = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True,
-                                  text=True, timeout=10).stdout.strip()
+                                  text=True, timeout=10, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         revision = ""
     return {
@@ -806,7 +822,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="how many of the N take their first step (submit / first run) through the worker; "
                              "the rest are fast-forwarded to the waiting state (default 5,000)")
     parser.add_argument("--all-real", dest="real_steps", action="store_const", const=None,
-                        help="every request takes its first step for real (N = 100,000 then takes well over 15 minutes)")
+                        help="every request takes its first step for real "
+                             "(N = 100,000 then takes well over 15 minutes)")
     parser.add_argument("--callbacks", action="store_true",
                         help="give every request an on_ready and an on_error signature (baseline: link / "
                              "link_error), as real callers do; off by default")
@@ -860,6 +877,12 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({"environment": env, "args": {
         k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)},
         "results": results}, indent=2, default=str))
+    summary = {
+        "benchmark": "scale", "issue": None, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": env,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if not callable(v)},
+        "full_results": str(out), "results": [headline(r) for r in results],
+    }
+    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(table(results))
     print()
     print(breakdown_table(results))

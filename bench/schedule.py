@@ -42,9 +42,10 @@ import math
 import platform
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from subtitle_tasks.datocms.resources import UploadTrack
 from subtitle_tasks.pipeline import Pipeline
@@ -206,7 +207,7 @@ def run_pipeline(policy: str, draws: Draws, *, seed: int, poll_initial: float = 
 def run_client(policy: str, draws: Draws, unit: float = 1.0) -> list[Outcome]:
     """An in-process client: ``official`` waits 1, 2, 3 ... units between GETs, ``fixed`` 1 unit."""
     outcomes = []
-    for job, prep in zip(draws.jobs, draws.preparing):
+    for job, prep in zip(draws.jobs, draws.preparing, strict=True):
         out, t, k = Outcome(), 0.0, 0
         while True:  # job-result GETs, from the POST
             k += 1
@@ -410,7 +411,8 @@ def real_table(real: dict[str, Any]) -> str:
             ("learned, simulated on the same draws and settings", sim["learned"]["steady"]),
             ("official schedule, simulated on the same draws", sim["official"]["steady"]),
             ("exponential (before), simulated on the same draws", sim["exponential"]["steady"])]
-    lines = ["| scaled shape, after the warm-up | requests / subtitle | p50 delay (s) | p95 delay (s) | p99 delay (s) |",
+    lines = ["| scaled shape, after the warm-up | requests / subtitle "
+             "| p50 delay (s) | p95 delay (s) | p99 delay (s) |",
              "|---|---:|---:|---:|---:|"]
     for name, f in rows:
         lines.append(f"| {name} | {_fmt(f['requests_per_subtitle'], 2)} | {_fmt(f['p50'], 2)} | {_fmt(f['p95'], 2)} "

@@ -9,12 +9,17 @@ Workers: ``celery -A subtitle_tasks worker`` (dedicated fleet) or
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .api import RequestHandle, cancel, check_request, request_subtitles, status
 from .celery_app import InitReport, init_app
 from .errors import (
-    ErrorCode, IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, StateUnavailable,
+    ErrorCode,
+    IdempotencyConflict,
+    InvalidSubtitleRequest,
+    JoinLimitReached,
+    StateError,
+    StateUnavailable,
     UnknownRequest,
 )
 from .once import OnceTask
@@ -23,13 +28,31 @@ from .settings import ConfigurationError, Settings, load_settings
 __version__ = "0.1.0"
 
 __all__ = [
-    "request_subtitles", "check_request", "status", "cancel", "RequestHandle", "init_app", "InitReport",
-    "ErrorCode", "InvalidSubtitleRequest", "IdempotencyConflict", "JoinLimitReached", "StateUnavailable",
-    "StateError", "UnknownRequest", "ConfigurationError", "Settings",
-    "load_settings", "OnceTask", "__version__",
+    "ConfigurationError",
+    "ErrorCode",
+    "IdempotencyConflict",
+    "InitReport",
+    "InvalidSubtitleRequest",
+    "JoinLimitReached",
+    "OnceTask",
+    "RequestHandle",
+    "Settings",
+    "StateError",
+    "StateUnavailable",
+    "UnknownRequest",
+    "__version__",
+    "cancel",
+    "check_request",
+    "init_app",
+    "load_settings",
+    "request_subtitles",
+    "status",
 ]
 
-_app = None
+if TYPE_CHECKING:
+    from celery import Celery
+
+_app: Celery | None = None  # the dedicated app, once `celery -A subtitle_tasks` asked for it
 
 
 def __getattr__(name: str) -> Any:

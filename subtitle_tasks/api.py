@@ -8,21 +8,27 @@ import hashlib
 import json
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ParamSpec, TypedDict, TypeVar
 
 import redis
 
 from . import logs, validation
 from .callbacks import encoded_size, error_payload, normalize
 from .errors import (
-    ErrorCode, IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, StateUnavailable,
+    ErrorCode,
+    IdempotencyConflict,
+    InvalidSubtitleRequest,
+    JoinLimitReached,
+    StateError,
+    StateUnavailable,
     UnknownRequest,
 )
-from .runtime import attached, runtime_for
+from .runtime import Runtime, attached, runtime_for
 from .settings import Settings
 from .sites import Site, SiteRegistry
-from .state import DONE, OUTCOME_ERROR, OUTCOME_READY, WAITING
+from .state.base import DONE, OUTCOME_ERROR, OUTCOME_READY, WAITING
 
 log = logging.getLogger("subtitle_tasks")
 
@@ -46,10 +52,14 @@ def new_id() -> str:
 _UNREACHABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.ReadOnlyError)
 
 
-def _state_errors_as_unavailable(fn):
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _state_errors_as_unavailable(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     """Redis trouble reaches the web app as one clear exception whose class says what to do."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return fn(*args, **kwargs)
         except _UNREACHABLE as exc:
@@ -73,7 +83,7 @@ class RequestHandle:
     generation_id: str
     joined: bool  # shares a generation already in flight for the same upload and language
 
-    def status(self) -> dict:
+    def status(self) -> RequestStatus:
         return status(self.id)
 
     def cancel(self) -> bool:
@@ -89,8 +99,8 @@ class _Checked:
     language_code: str
     name: str | None
     site: Site
-    on_ready: list[dict]
-    on_error: list[dict]
+    on_ready: list[dict[str, Any]]
+    on_error: list[dict[str, Any]]
     ttl: float
     fingerprint: str
 
@@ -119,7 +129,7 @@ def _check(settings: Settings, sites: SiteRegistry, upload_id: Any, language_cod
     return _Checked(rid, upload_id, language_code, name, target, ready, error, ttl, digest)
 
 
-def _create(runtime: Any, checked: _Checked) -> RequestHandle:
+def _create(runtime: Runtime, checked: _Checked) -> RequestHandle:
     """The one Redis round trip of a checked request."""
     settings = runtime.settings
     created = runtime.store.create_request(
@@ -217,8 +227,30 @@ def request_languages(upload_id: str, language_codes: Any, *, request_id: str | 
     return [_create(runtime, c) for c in checked]
 
 
+class RequestStatus(TypedDict):
+    """What :func:`status` returns (the CLI prints it as JSON)."""
+
+    request_id: str
+    site: str | None
+    state: str
+    upload_id: str
+    language_code: str
+    generation_id: str
+    phase: str | None
+    job_id: str | None
+    track_id: str | None
+    attempts: int | None
+    next_poll_in: float | None
+    created_at: float
+    deadline_at: float
+    finished_at: float | None
+    error: dict[str, Any] | None
+    track: dict[str, Any] | None
+    undelivered_callbacks: list[dict[str, Any]]
+
+
 @_state_errors_as_unavailable
-def status(request_id: str, *, app: Any = None) -> dict:
+def status(request_id: str, *, app: Any = None) -> RequestStatus:
     """Where a request stands: state, upload, language, job id, track id, attempts, error."""
     store = runtime_for(app).store
     request = store.load_request(request_id)

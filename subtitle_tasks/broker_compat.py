@@ -24,6 +24,8 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("subtitle_tasks.broker_compat")
 
@@ -64,7 +66,7 @@ def describe_range(bounds: tuple[tuple[int, ...], tuple[int, ...]]) -> str:
     return f">={'.'.join(map(str, low))},<{'.'.join(map(str, high))}"
 
 
-def _refusal(original) -> str | None:
+def _refusal(original: Callable[..., Any]) -> str | None:
     """Why the guard must not wrap ``original`` (kombu's ``_connparams``), or None."""
     import kombu
 
@@ -92,7 +94,7 @@ def guard_redis_channel_after_collect() -> bool:
     """
     from kombu.transport import redis as kombu_redis
 
-    original = kombu_redis.Channel._connparams
+    original: Callable[..., Any] = kombu_redis.Channel._connparams
     if getattr(original, _MARK, False):
         return False
     refusal = _refusal(original)
@@ -101,12 +103,14 @@ def guard_redis_channel_after_collect() -> bool:
                     "stock kombu behaviour (one may exit on a broker restart and be restarted).", refusal)
         return False
 
-    def _connparams(self, asynchronous=False):
+    def _connparams(self: Any, asynchronous: bool = False) -> Any:
         if getattr(self.connection, "client", None) is None:
-            raise kombu_redis.get_redis_ConnectionError()("broker connection was already collected")
+            # kombu leaves this helper unannotated: it returns redis-py's ConnectionError class.
+            connection_error: Callable[[], type[Exception]] = kombu_redis.get_redis_ConnectionError
+            raise connection_error()("broker connection was already collected")
         return original(self, asynchronous)
 
     setattr(_connparams, _MARK, True)
-    _connparams.__wrapped__ = original
-    kombu_redis.Channel._connparams = _connparams
+    _connparams.__wrapped__ = original  # type: ignore[attr-defined]  # functools' convention, set by hand
+    kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]  # the patch itself
     return True

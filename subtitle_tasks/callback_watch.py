@@ -19,13 +19,14 @@ carrying the ``subtitle_tasks_callback`` header) the workers of an app that call
 * Every worker beats every lease/4 (one thread) and sweeps as often (another, so a
   sweep waiting for the broker never delays a beat): a worker silent for a lease is
   dead, as judged only by a worker whose own beats have landed for that lease (after
-  an outage of the state Redis everyone is silent and nobody is dead). Each of its holds is claimed by exactly one sweeper (an atomic
-  compare-and-delete) and its message is *restored*: moved from the unacked hash back
-  to its queue in one Redis transaction (as kombu's own restore does), so the same
-  message and task id run at once and kombu never restores it a second time. If the
-  message is no longer unacked, the child had accepted it (early ack) and died before
-  starting, or an OnceTask died mid-run: it is *re-sent* (``Notifier.resend``, same
-  task id). ``Recovery.sweep`` (each worker's dispatcher) runs the same sweep.
+  an outage of the state Redis everyone is silent and nobody is dead). Each of its
+  holds is claimed by exactly one sweeper (an atomic compare-and-delete) and its
+  message is *restored*: moved from the unacked hash back to its queue in one Redis
+  transaction (as kombu's own restore does), so the same message and task id run at
+  once and kombu never restores it a second time. If the message is no longer unacked,
+  the child had accepted it (early ack) and died before starting, or an OnceTask died
+  mid-run: it is *re-sent* (``Notifier.resend``, same task id). ``Recovery.sweep``
+  (each worker's dispatcher) runs the same sweep.
 
 Never sent twice by this: a hold is dropped when the callback starts (a started plain
 callback is not sent again); a restore happens only while the unacked entry is still
@@ -39,19 +40,22 @@ broker's visibility timeout in charge, as before.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, ClassVar
 
 from celery import Celery, bootsteps, signals
 
 from .callbacks import CALLBACK_HEADER
 from .once import OnceTask
+from .settings import Settings
 
 log = logging.getLogger("subtitle_tasks.callback_watch")
 
@@ -64,9 +68,9 @@ RESTORED, ABSENT, MOVED, UNKNOWN = "restored", "absent", "moved", "unknown"
 
 _connected = False
 _connect_lock = threading.Lock()
-_worker: "_Worker | None" = None  # this worker process's watch (set by WatchStep)
+_worker: _Worker | None = None  # this worker process's watch (set by WatchStep)
 _warned: set[str] = set()
-_identities: "weakref.WeakKeyDictionary[Celery, dict[str, tuple[float, str | None]]]" = weakref.WeakKeyDictionary()
+_identities: weakref.WeakKeyDictionary[Celery, dict[str, tuple[float, str | None]]] = weakref.WeakKeyDictionary()
 
 
 def _warn_once(key: str, message: str, *args: Any) -> None:
@@ -90,7 +94,7 @@ class Hold:
         return f"{self.tag}|{int(self.once)}|{self.received_at:.6f}|{self.request_id}|{self.kind}|{self.index}"
 
     @classmethod
-    def decode(cls, value: str) -> "Hold | None":
+    def decode(cls, value: str) -> Hold | None:
         try:
             tag, once, received_at, header = value.split("|", 3)
             request_id, kind, index = header.rsplit("|", 2)
@@ -99,7 +103,7 @@ class Hold:
             return None
 
     @classmethod
-    def from_header(cls, tag: str, once: bool, received_at: float, header: str) -> "Hold | None":
+    def from_header(cls, tag: str, once: bool, received_at: float, header: str) -> Hold | None:
         return cls.decode(f"{tag}|{int(once)}|{received_at:.6f}|{header}")
 
 
@@ -132,7 +136,7 @@ def release(store: Any, hold_ref: str, task_id: str) -> None:
     left behind would make a later sweep send a callback that ran.
     """
     worker_id, _, tag = hold_ref.rpartition("|")
-    pending = _unreleased[:] + [(worker_id, task_id, tag)]
+    pending = [*_unreleased[:], (worker_id, task_id, tag)]
     _unreleased.clear()
     for item in pending:
         try:
@@ -201,10 +205,8 @@ class KombuBroker:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._conn.release()
-            except Exception:
-                pass
         self._conn = self._channel = None
 
     def identity(self) -> str | None:
@@ -245,7 +247,7 @@ class KombuBroker:
                 outcome.append(MOVED)  # redelivered since: another consumer's delivery now
                 return
             try:
-                payload, exchange, routing_key = loads(bytes_to_str(raw))
+                payload, exchange, routing_key = loads(bytes_to_str(raw))  # type: ignore[no-untyped-call]  # kombu is untyped
                 same = payload["headers"]["id"] == task_id
             except (ValueError, TypeError, KeyError):
                 same = False
@@ -325,7 +327,7 @@ class Watch:
         if not self.store.watch_release(worker_id, task_id, hold.tag):
             return "taken"  # another sweeper has it
         try:
-            where = self.broker.restore(hold.tag, task_id, hold.received_at)
+            where: str = self.broker.restore(hold.tag, task_id, hold.received_at)
         except Exception as exc:
             # Nothing was moved (the restore is one transaction): try again next sweep.
             self.store.watch_hold(worker_id, task_id, value)
@@ -362,7 +364,7 @@ def sweep(store: Any) -> dict[str, int]:
         return {}
 
 
-def _sweep_with(store: Any, app: Celery, settings: Any) -> dict[str, int]:
+def _sweep_with(store: Any, app: Celery, settings: Settings) -> dict[str, int]:
     from .callbacks import Notifier
 
     if hasattr(Notifier, "from_settings"):
@@ -381,7 +383,7 @@ def _sweep_with(store: Any, app: Celery, settings: Any) -> dict[str, int]:
 class _Worker:
     """One worker main process: its id, heartbeat thread and the received handler's store."""
 
-    def __init__(self, app: Celery, hostname: str, settings: Any, store: Any, fast_store: Any):
+    def __init__(self, app: Celery, hostname: str, settings: Settings, store: Any, fast_store: Any):
         self.app = app
         self.id = f"{uuid.uuid4().hex[:12]}@{hostname}"
         self.settings = settings
@@ -498,10 +500,10 @@ class _Worker:
             self._stop.wait(self._interval())
 
 
-class WatchStep(bootsteps.StartStopStep):
+class WatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassing the untyped Celery base
     """Starts this worker's callback watch (``install`` adds it to the app's workers)."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
     def start(self, worker: Any) -> None:
         global _worker
@@ -526,7 +528,7 @@ class WatchStep(bootsteps.StartStopStep):
     shutdown = stop
 
 
-class WatchConsumerStep(bootsteps.StartStopStep):
+class WatchConsumerStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassing the untyped Celery base
     """On a consumer restart Celery drops what it had received and kombu may put it back:
     those holds become restore-only."""
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 import logging
 import re
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -30,21 +31,23 @@ from . import validation
 from .errors import ErrorCode, InvalidSubtitleRequest, error_fields
 from .handoff import HandoffUnsupported, handoff
 from .metrics import DECIDED_AT_HEADER
-from .state import FAILED, FINISHING, OUTCOME_READY, READY, Generation, RequestRecord, Store
+from .settings import Settings
+from .state.base import FAILED, FINISHING, OUTCOME_READY, READY, BrokerWrites, Generation, RequestRecord, Store
 
 log = logging.getLogger("subtitle_tasks.callbacks")
 
 
 # Signature keys whose default values are not stored: a stored request stays a compact
 # Redis hash only while each value is short (64 bytes by default).
-_SIGNATURE_DEFAULTS = {"args": [], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}
+_SIGNATURE_DEFAULTS: dict[str, Any] = {"args": [], "kwargs": {}, "options": {}, "subtask_type": None,
+                                       "immutable": False}
 
 
-def compact(sig: dict) -> dict:
+def compact(sig: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sig.items() if not (k in _SIGNATURE_DEFAULTS and v == _SIGNATURE_DEFAULTS[k])}
 
 
-def expand(stored: dict) -> dict:
+def expand(stored: Mapping[str, Any]) -> dict[str, Any]:
     return {**{k: (v.copy() if isinstance(v, (list, dict)) else v) for k, v in _SIGNATURE_DEFAULTS.items()},
             **stored}
 
@@ -59,7 +62,7 @@ MAX_CALLBACKS = 20  # per kind (on_ready, on_error)
 _LONGEST_WAIT = 30 * 86400.0
 
 
-def normalize(field: str, callbacks: Any, *, key_prefix: str = "subtitle_tasks") -> list[dict]:
+def normalize(field: str, callbacks: Any, *, key_prefix: str = "subtitle_tasks") -> list[dict[str, Any]]:
     """None, a signature or a list of them -> compact JSON-safe dicts, or InvalidSubtitleRequest.
 
     Every check a callback could fail later, in a worker, is made here: shape, task name,
@@ -80,13 +83,14 @@ def normalize(field: str, callbacks: Any, *, key_prefix: str = "subtitle_tasks")
     return [_checked(field, item, key_prefix) for item in items]
 
 
-def _checked(field: str, item: Any, key_prefix: str) -> dict:
+def _checked(field: str, item: Any, key_prefix: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise InvalidSubtitleRequest(field, f"expected Celery signatures (task.s(...)), got {type(item).__name__}")
     plain = dict(item)
     unknown = set(plain) - _SIGNATURE_KEYS
     if unknown:
-        raise InvalidSubtitleRequest(field, f"not a signature: unexpected key(s) {', '.join(sorted(map(str, unknown)))}")
+        raise InvalidSubtitleRequest(field, "not a signature: unexpected key(s) "
+                                            f"{', '.join(sorted(map(str, unknown)))}")
     if plain.get("subtask_type") is not None or plain.get("chord_size") is not None:
         raise InvalidSubtitleRequest(
             field, f"canvas callbacks ({plain.get('subtask_type') or 'chord'}) are not supported: pass plain "
@@ -126,8 +130,9 @@ def _check_option(field: str, task: str, name: Any, value: Any, key_prefix: str)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
             raise InvalidSubtitleRequest(field, f"callback {task!r}: priority must be a whole number 0-255")
     elif name in ("countdown", "expires", "time_limit", "soft_time_limit"):
-        low_ok = (lambda v: v >= 0) if name == "countdown" else (lambda v: v > 0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (low_ok(value) and value <= _LONGEST_WAIT):
+        low_ok: Callable[[float], bool] = (lambda v: v >= 0) if name == "countdown" else (lambda v: v > 0)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not (low_ok(value) and value <= _LONGEST_WAIT)):
             raise InvalidSubtitleRequest(field, f"callback {task!r}: {name} must be a number of seconds "
                                                 f"up to 30 days")
     elif name == "ignore_result":
@@ -137,7 +142,7 @@ def _check_option(field: str, task: str, name: Any, value: Any, key_prefix: str)
         raise InvalidSubtitleRequest(field, f"callback {task!r}: shadow must be a task name")
 
 
-def encoded_size(*callback_lists: list[dict]) -> int:
+def encoded_size(*callback_lists: list[dict[str, Any]]) -> int:
     """Bytes the normalised callbacks take as stored JSON (the per-request cap's measure)."""
     return sum(len(json.dumps(c, separators=(",", ":")).encode()) for c in callback_lists if c)
 
@@ -165,14 +170,14 @@ def report_refusal(app: Celery, default_queue: str | None, message_id: str, exc:
     return bool(callbacks)
 
 
-def _default_routing(sig: Signature, default_queue: str | None) -> dict:
+def _default_routing(sig: Signature, default_queue: str | None) -> dict[str, str]:
     """Where a callback that names no queue of its own goes (a dedicated fleet sets it)."""
     if default_queue and not any(sig.options.get(k) for k in _ROUTING_OPTIONS):
         return {"queue": default_queue}
     return {}
 
 
-def error_payload(request: RequestRecord, generation: Generation | None) -> dict:
+def error_payload(request: RequestRecord, generation: Generation | None) -> dict[str, Any]:
     """The error dict an on_error callback receives (see errors.py for the vocabulary)."""
     base = request.error or (generation.result if generation else None) or {
         "code": "protocol_error", "message": "the generation's state expired before its callbacks were sent",
@@ -183,8 +188,8 @@ def error_payload(request: RequestRecord, generation: Generation | None) -> dict
                        track_id=generation.track_id if generation else None)
 
 
-def _error_dict(base: dict, *, request_id: str | None, site: str | None, upload_id: str | None,
-                language_code: str | None, job_id: str | None = None, track_id: str | None = None) -> dict:
+def _error_dict(base: Mapping[str, Any], *, request_id: str | None, site: str | None, upload_id: str | None,
+                language_code: str | None, job_id: str | None = None, track_id: str | None = None) -> dict[str, Any]:
     """Every error dict's keys, in one place (README.md, "Error codes")."""
     return {
         "code": base.get("code"),
@@ -247,7 +252,7 @@ class Notifier:
         self.attempts = max(1, attempts)
 
     @classmethod
-    def from_settings(cls, store: Store, app: Celery, settings: Any) -> "Notifier":
+    def from_settings(cls, store: Store, app: Celery, settings: Settings) -> Notifier:
         return cls(store, app, lock_ttl=settings.lease, default_queue=settings.callback_queue,
                    attempts=settings.callback_attempts)
 
@@ -282,7 +287,7 @@ class Notifier:
         finally:
             self.store.unlock(f"notify:{request_id}", token)
 
-    def _decision(self, request: RequestRecord) -> tuple[str, str, list[dict], Any]:
+    def _decision(self, request: RequestRecord) -> tuple[str, str, list[dict[str, Any]], Any]:
         """(final state, callback kind, its signatures, their first argument) for a decided request."""
         generation = self.store.load_generation(request.generation_id)
         if request.error is None and request.outcome == OUTCOME_READY and generation and generation.result:
@@ -307,11 +312,11 @@ class Notifier:
             self._publish_one(producer, request_id, kind, index, callbacks[index], first_arg, retry=True)
         return True
 
-    def _send_and_settle(self, request: RequestRecord, final: str, kind: str, callbacks: list[dict],
+    def _send_and_settle(self, request: RequestRecord, final: str, kind: str, callbacks: list[dict[str, Any]],
                          first_arg: Any, give_up: bool) -> bool:
         if not callbacks:
             return self.store.settle(request.id, final)
-        undelivered: list[dict] = []
+        undelivered: list[dict[str, Any]] = []
 
         def failed(index: int, exc: Exception) -> None:
             # Not the last attempt: fail it all (nothing was sent on the transactional path;
@@ -328,11 +333,13 @@ class Notifier:
             if db is not None:
                 # Transactional: each callback's messages are captured on their own, so one
                 # that cannot be built is left out alone; settle.lua checks the rest.
-                groups = []
+                groups: list[BrokerWrites] = []
                 for index, raw in enumerate(callbacks):
+                    def send(p: Any, i: int = index, r: dict[str, Any] = raw) -> None:
+                        self._publish_one(p, request.id, kind, i, r, first_arg, retry=False)
+
                     try:
-                        writes = handoff.capture(producer, db, lambda p, i=index, r=raw: self._publish_one(
-                            p, request.id, kind, i, r, first_arg, retry=False))
+                        writes = handoff.capture(producer, db, send)
                     except Exception as exc:  # NotTransactional included: never publish for real here
                         failed(index, exc)
                         continue
@@ -349,8 +356,8 @@ class Notifier:
                 self.store.mark_sent(request.id, index + 1)
         return self.store.settle(request.id, final, undelivered=undelivered)
 
-    def _publish_one(self, producer: Any, request_id: str, kind: str, index: int, raw: dict, first_arg: Any,
-                     retry: bool) -> None:
+    def _publish_one(self, producer: Any, request_id: str, kind: str, index: int, raw: Mapping[str, Any],
+                     first_arg: Any, retry: bool) -> None:
         sig = signature(expand(raw), app=self.app)
         routing = _default_routing(sig, self.default_queue)
         # A stable task id per callback: a repeat (publish-then-settle on RabbitMQ)

@@ -81,7 +81,8 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
         conf.broker_connection_retry_on_startup = True
         report.changes.append("broker_connection_retry_on_startup=True (workers outlive a broker restart)")
 
-    if str(conf.broker_url or "").startswith(("redis://", "rediss://")) or (settings.broker_url or "").startswith(("redis://", "rediss://")):
+    redis_schemes = ("redis://", "rediss://")
+    if str(conf.broker_url or "").startswith(redis_schemes) or (settings.broker_url or "").startswith(redis_schemes):
         from .broker_compat import guard_redis_channel_after_collect
 
         if guard_redis_channel_after_collect():
@@ -95,6 +96,9 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
     from . import callback_watch  # callbacks a dead worker held come back within a lease
 
     callback_watch.install(app, report)
+    from . import step_watch  # steps a dead worker held come back within seconds
+
+    step_watch.install(app, report)
 
     runtime.attach(app, settings)
     from . import worker_metrics

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -75,7 +76,9 @@ def _list(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
-        print(f"{row['request_id']:<32} {row['state']:<10} {row['upload_id']:<24} {row['language_code']}")
+        # A record missing a field (written by an older version, or edited) prints "-", never raises.
+        print(f"{row['request_id']:<32} {row['state'] or '-':<10} {row['upload_id'] or '-':<24} "
+              f"{row['language_code'] or '-'}")
     return 0
 
 
@@ -240,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return simulate(argv[1:])
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    command: Callable[[argparse.Namespace], int] = args.func
+    return command(args)
 
 
 if __name__ == "__main__":

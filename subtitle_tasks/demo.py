@@ -11,15 +11,20 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
 
 from celery import shared_task
+
+if TYPE_CHECKING:
+    from .api import RequestStatus
 
 RESULTS_KEY = "demo:results"
 
 
-@shared_task(name="subtitle_tasks.demo.record", ignore_result=True)
-def record(payload, kind):
+@shared_task(name="subtitle_tasks.demo.record", ignore_result=True)  # type: ignore[untyped-decorator]  # Celery is untyped
+def record(payload: dict[str, Any], kind: str) -> None:
     """Demo callback: hands the outcome back to the waiting demo process through Redis."""
     from .runtime import get_runtime
 
@@ -49,7 +54,8 @@ def run(upload_id: str, language_code: str, name: str | None, timeout: float) ->
         env.setdefault("SUBTITLE_TASKS_POLL_INITIAL", "0.5")
         env.setdefault("SUBTITLE_TASKS_POLL_MAX", "5")
         env.setdefault("SUBTITLE_TASKS_DISPATCH_INTERVAL", "0.2")
-        os.environ.update({k: v for k, v in env.items() if k.startswith(("CELERY_", "SUBTITLE_TASKS_", "DATOCMS_BASE", "DATOCMS_ENV"))})
+        os.environ.update({k: v for k, v in env.items()
+                           if k.startswith(("CELERY_", "SUBTITLE_TASKS_", "DATOCMS_BASE", "DATOCMS_ENV"))})
 
         worker = subprocess.Popen(
             # The demo's worker is the fleet (queue subtitle_tasks) and, for the demo's own
@@ -73,7 +79,8 @@ def run(upload_id: str, language_code: str, name: str | None, timeout: float) ->
         return _wait_for_outcome(handle.id, timeout, status, worker)
 
 
-def _wait_for_outcome(request_id: str, timeout: float, status, worker: subprocess.Popen) -> int:
+def _wait_for_outcome(request_id: str, timeout: float, status: Callable[[str], RequestStatus],
+                      worker: subprocess.Popen[bytes]) -> int:
     from .runtime import get_runtime
 
     store = get_runtime().store
@@ -103,7 +110,7 @@ def _wait_for_outcome(request_id: str, timeout: float, status, worker: subproces
     return 1
 
 
-def _stop_worker(worker: subprocess.Popen) -> None:
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
     if worker.poll() is None:
         worker.terminate()  # warm shutdown
         try:

@@ -21,10 +21,12 @@ import functools
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
+from .settings import Settings
 from .state import SUBMIT, Store
 
 log = logging.getLogger("subtitle_tasks.dispatcher")
@@ -56,10 +58,15 @@ class Dispatcher:
         # no-op duplicate). Due steps then wait in the schedule, which costs nothing.
         self.backlog = backlog
         self.max_backlog = max_backlog
+        self._wake = threading.Event()  # wake(): claim now rather than at the next interval
+
+    def wake(self) -> None:
+        """Claim at once (the step watch has just made a dead worker's steps due)."""
+        self._wake.set()
 
     @classmethod
-    def from_settings(cls, store: Store, publish, settings,
-                      backlog: Callable[[], int] | None = None) -> "Dispatcher":
+    def from_settings(cls, store: Store, publish: Callable[[list[tuple[str, str]]], None], settings: Settings,
+                      backlog: Callable[[], int] | None = None) -> Dispatcher:
         # The rate limit is per token, i.e. per site: the store applies it to each site
         # with due work (it knows them; no token is read here).
         return cls(store, publish, lease=settings.lease, batch=settings.dispatch_batch,
@@ -67,7 +74,7 @@ class Dispatcher:
                    backlog=backlog, max_backlog=settings.max_backlog)
 
     @classmethod
-    def for_celery(cls, app: Celery, store: Store, settings) -> "Dispatcher":
+    def for_celery(cls, app: Celery, store: Store, settings: Settings) -> Dispatcher:
         """Publishing step tasks through ``app``, held back by its step queue's depth."""
         return cls.from_settings(store, celery_publisher(app, settings.queue, settings.lease), settings,
                                  backlog=celery_backlog(app, settings.queue))
@@ -122,7 +129,8 @@ class Dispatcher:
                 stop.wait(min(interval * 2 ** min(failures, 5), 10.0))
                 continue
             if handed_out < self.batch:
-                stop.wait(interval)
+                self._wake.wait(interval)
+                self._wake.clear()
 
 
 def celery_publisher(app: Celery, queue: str | None, lease: float) -> Callable[[list[tuple[str, str]]], None]:
@@ -134,7 +142,7 @@ def celery_publisher(app: Celery, queue: str | None, lease: float) -> Callable[[
     may be skewed; everything else here uses the Redis server's clock.)
     """
     def publish(claimed: list[tuple[str, str]]) -> None:
-        options = {"queue": queue} if queue else {}
+        options: dict[str, str | float] = {"queue": queue} if queue else {}
         options["expires"] = 2 * lease
         with app.producer_or_acquire() as producer:
             for generation_id, phase in claimed:
@@ -156,6 +164,13 @@ def celery_backlog(app: Celery, queue: str | None) -> Callable[[], int]:
 
 
 _running: list[threading.Thread] = []  # this process's dispatcher threads (health checks)
+_dispatchers: list[Dispatcher] = []  # this process's running dispatchers (wake_dispatchers)
+
+
+def wake_dispatchers() -> None:
+    """Have this process's dispatchers claim now instead of at their next interval."""
+    for dispatcher in list(_dispatchers):
+        dispatcher.wake()
 
 
 def dispatcher_alive() -> bool:
@@ -163,17 +178,19 @@ def dispatcher_alive() -> bool:
     return any(thread.is_alive() for thread in _running)
 
 
-class DispatcherStep(bootsteps.StartStopStep):
+# Celery ships no types: StartStopStep is Any to mypy, and so is the worker it hands us.
+class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassing the untyped Celery base
     """Runs a Dispatcher thread in every worker's main process (``init_app`` adds it)."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
-    def __init__(self, worker, **kwargs):
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._dispatcher: Dispatcher | None = None
 
-    def start(self, worker) -> None:
+    def start(self, worker: Any) -> None:
         from .callbacks import Notifier
         from .recovery import Recovery
         from .runtime import runtime_for
@@ -190,10 +207,16 @@ class DispatcherStep(bootsteps.StartStopStep):
             name="subtitle-tasks-dispatcher", daemon=True)
         self._thread.start()
         _running.append(self._thread)
+        _dispatchers.append(dispatcher)
+        self._dispatcher = dispatcher
         log.info("dispatcher started (every %ss, lease %ss)", settings.dispatch_interval, settings.lease)
 
-    def stop(self, worker) -> None:
+    def stop(self, worker: Any) -> None:
         self._stop.set()
+        if self._dispatcher is not None:
+            self._dispatcher.wake()  # out of its wait at once
+            if self._dispatcher in _dispatchers:
+                _dispatchers.remove(self._dispatcher)
         if self._thread is not None:
             self._thread.join(timeout=5)
             if self._thread in _running:

@@ -13,6 +13,7 @@ Every failed request ends with one error dict::
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from .datocms import exceptions as api
 
@@ -105,7 +106,7 @@ def code_for_api_error(exc: api.DatoCMSError) -> ErrorCode:
     return ErrorCode.PROTOCOL_ERROR
 
 
-def error_fields(code: ErrorCode, message: str, exc: api.DatoCMSError | None = None) -> dict:
+def error_fields(code: ErrorCode, message: str, exc: api.DatoCMSError | None = None) -> dict[str, Any]:
     """The generation-level part of an error dict (request fields are added per request)."""
     return {
         "code": code.value,

@@ -40,13 +40,14 @@ import functools
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from kombu import Producer
+from kombu.messaging import Producer
 
 from .broker_compat import describe_range, in_range, kombu_version
-from .state import BrokerWrites
+from .state.base import BrokerWrites
 from .state.redis import database_index
 
 log = logging.getLogger("subtitle_tasks.handoff")
@@ -107,7 +108,7 @@ def _hook_problem(channel_cls: type) -> str | None:
         names = None
     if names != ["self", "max_size"]:
         return f"{channel_cls.__qualname__}.create_publish_batch has parameters {names}, expected ['self', 'max_size']"
-    publish = getattr(channel_cls, "basic_publish", None)
+    publish: Any = getattr(channel_cls, "basic_publish", None)  # None: inspect refuses it below
     try:
         names = list(inspect.signature(publish).parameters)[:4]
     except (TypeError, ValueError):
@@ -127,7 +128,7 @@ def _hook_problem(channel_cls: type) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def capture_support(channel_cls: type | None = None) -> CaptureSupport:
     """Decide, once per process and channel class, whether publishes can be captured.
 
@@ -141,9 +142,10 @@ def capture_support(channel_cls: type | None = None) -> CaptureSupport:
         return CaptureSupport(version, f"kombu {version} is outside the tested range {describe_range(TESTED_KOMBU)}")
     if channel_cls is None:
         try:
-            from kombu.transport.redis import Channel as channel_cls  # noqa: N813
+            from kombu.transport.redis import Channel as RedisChannel
         except ImportError as exc:  # pragma: no cover - kombu[redis] is a dependency
             return CaptureSupport(version, f"kombu's Redis transport cannot be imported ({exc})")
+        channel_cls = RedisChannel
     problem = _hook_problem(channel_cls)
     if problem is not None:
         return CaptureSupport(version, f"kombu {version}: {problem}")
@@ -176,7 +178,8 @@ class Handoff:
     """Decides, per broker connection and state client, whether sends can be transactional."""
 
     def __init__(self) -> None:
-        self._decisions: dict[tuple, int | HandoffUnsupported | None] = {}
+        # (broker URI, id of the state's client) -> broker db, refusal, or None (separate systems)
+        self._decisions: dict[tuple[str, int], int | HandoffUnsupported | None] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -185,7 +188,7 @@ class Handoff:
             raise HandoffUnsupported(*decision.args)
         return decision
 
-    def broker_db(self, producer: Producer, store: Any) -> int | None:
+    def broker_db(self, producer: Producer, store: object) -> int | None:
         """The broker's database index when it shares the store's Redis server, else None.
 
         None means "another system": publish, then settle. Raises
@@ -212,7 +215,8 @@ class Handoff:
             raise
         decision: int | HandoffUnsupported | None = None
         if same_server:
-            support = capture_support(type(channel))
+            channel_cls: type = type(channel)  # type[Any] would not pass as Hashable to the cache
+            support = capture_support(channel_cls)
             if support.supported:
                 decision = database_index(broker_client)
             else:
@@ -241,15 +245,17 @@ class Handoff:
         channel = _redis_channel(producer)
         if channel is None:
             raise NotTransactional("the producer is not on a kombu Redis channel")
-        support = capture_support(type(channel))
+        channel_cls: type = type(channel)  # type[Any] would not pass as Hashable to the cache
+        support = capture_support(channel_cls)
         if not support.supported:
             raise HandoffUnsupported(_unsupported_message(support))
         collector = _Collector()
-        capturing = Producer(_CapturingChannel(channel, collector), exchange=producer.exchange,
+        # kombu leaves Producer.__init__ unannotated.
+        capturing = Producer(_CapturingChannel(channel, collector), exchange=producer.exchange,  # type: ignore[no-untyped-call]
                              auto_declare=False, serializer=producer.serializer)
         send(capturing)
         prefix = getattr(channel, "global_keyprefix", "") or ""
-        writes = []
+        writes: list[tuple[str, str, str]] = []
         for name, args in collector.commands:
             if name not in _SUPPORTED:
                 raise NotTransactional(f"kombu ended a publish with an unexpected {name!r}")
@@ -264,7 +270,7 @@ class _Collector:
     """kombu's publish-batch hook: records a publish's final Redis commands."""
 
     def __init__(self) -> None:
-        self.commands: list[tuple[str, tuple]] = []
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
 
     def add(self, name: str, *args: Any) -> None:
         self.commands.append((name, args))

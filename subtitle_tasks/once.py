@@ -32,7 +32,8 @@ from .runtime import runtime_for
 log = logging.getLogger("subtitle_tasks.once")
 
 
-class OnceTask(Task):
+# Celery ships no type information: Task is Any to mypy.
+class OnceTask(Task):  # type: ignore[misc]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         task_id = self.request.id
@@ -40,21 +41,20 @@ class OnceTask(Task):
             return super().__call__(*args, **kwargs)
         runtime = runtime_for(self.app)
         store, settings = runtime.store, runtime.settings
-        done_key = f"{settings.key_prefix}:once:{task_id}"
         # The claim must outlast the run, or a repeat could start beside it.
         claim_ttl = max(settings.lease, float(self.time_limit or self.app.conf.task_time_limit or 0))
         token = store.lock(f"once:{task_id}", claim_ttl)
         if token is None:
-            if store.client.exists(done_key):
+            if store.once_done(task_id):
                 return self._repeat(task_id)
             # Another worker is running it now, or died on it: look again once the claim
             # has had time to finish or expire.
             raise self.retry(countdown=settings.lease, max_retries=None)
         try:
-            if store.client.exists(done_key):  # finished between our look and our claim
+            if store.once_done(task_id):  # finished between our look and our claim
                 return self._repeat(task_id)
             result = super().__call__(*args, **kwargs)
-            store.client.set(done_key, 1, px=max(1, int(settings.retention * 1000)))
+            store.mark_once(task_id, settings.retention)
             return result
         finally:
             store.unlock(f"once:{task_id}", token)  # a failed run leaves no mark: a retry may run

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
-from . import schedule
+from . import logs, repost, schedule
 from .backoff import retry_delay
 from .datocms import client as api_client
 from .datocms import exceptions as api
 from .datocms.resources import UploadTrack
-from . import logs
 from .errors import ErrorCode, code_for_api_error, error_fields
 from .metrics import Recorder
 from .settings import Settings
@@ -74,10 +75,14 @@ class Pipeline:
         self.metrics = metrics or Recorder(_NoStore())
 
     # -- entry point ------------------------------------------------------------------
-    def advance(self, generation_id: str) -> str:
-        """Run the generation's due step; returns a short word for logs and tests."""
+    def advance(self, generation_id: str, owner: str = "") -> str:
+        """Run the generation's due step; returns a short word for logs and tests.
+
+        ``owner``: the worker running it (step_watch.py), named in the lock so that the
+        lock can be broken within seconds if that worker dies.
+        """
         # The lock lasts a lease: a step outliving it would be handed out again anyway.
-        token = self.store.lock(f"gen:{generation_id}", self.settings.lease)
+        token = self.store.lock(f"gen:{generation_id}", self.settings.lease, owner=owner)
         if token is None:
             return "busy"
         try:
@@ -114,11 +119,12 @@ class Pipeline:
         if gen.posted_at is not None:
             # An earlier POST may have reached DatoCMS (worker killed, answer lost):
             # look for its track before creating a second one.
-            track = self._find_new_track(gen)
+            track = self._find_new_track(gen, gen.known_tracks)
             if track is not None:
                 log.info("generation %s: adopted track %s from an earlier POST", gen.id, track.id, extra=_context(gen))
+                self._record(gen.site, repost.VISIBLE, gen.now - gen.posted_at)  # an upper bound
                 return self._on_track(gen, track)
-            if gen.now - gen.posted_at < self._repost_after():
+            if gen.now - gen.posted_at < self._repost_after(gen.site):
                 self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1)
                 return "reconciling"
             known = gen.known_tracks
@@ -132,9 +138,13 @@ class Pipeline:
                         extra=_context(gen))
             return "lock-lost"
         # Mark the POST before sending it: a crash from here on reconciles, never re-POSTs blindly.
-        if not self.store.advance(gen.id, self.settings.lease, posted_at=gen.now, known_tracks=known):
-            return "finished"  # cancelled meanwhile
+        # Fenced by the lock in the same script: if it was broken since the check above
+        # (our worker was judged dead), the new holder owns the step and nothing is marked.
+        if not self.store.advance(gen.id, self.settings.lease, fence=(f"gen:{gen.id}", token), posted_at=gen.now,
+                                  known_tracks=known):
+            return "not-posted"  # cancelled meanwhile, or the lock is no longer ours
         try:
+            sent_at = time.monotonic()
             job_id, body_type = self._post(gen)
         except api.DatoCMSError as exc:
             if isinstance(exc, api.RetryableError):
@@ -148,17 +158,30 @@ class Pipeline:
             raise
         # The job phase's clock starts now; cold, the first poll is poll_initial away, as before.
         first = self._poll_delay(gen, 0, phase=JOB, elapsed=0.0, cold=self.settings.poll_initial)
+        pending = self._probe_visibility(gen, known, sent_at)
         self._schedule(gen, first, phase=JOB, job_id=job_id, body_type=body_type,
-                       posted_at=None, attempts=0, errors=0, phase_clock=(gen.now, 0.0))
+                       posted_at=None, attempts=0, errors=0, phase_clock=(gen.now, 0.0), visibility_probe=pending)
         return "submitted"
 
-    def _repost_after(self) -> float:
-        """How long after a POST with an unknown outcome a second one may go out.
+    def _repost_after(self, site: str) -> float:
+        """How long after a POST with an unknown outcome a second one may go out: learned
+        from how soon the site's new tracks show in their upload's list (repost.py)."""
+        return repost.repost_after(self._timing_stats(site, repost.VISIBLE), floor=2 * self.settings.lease,
+                                   ceiling=self.settings.submit_grace)
 
-        Never sooner than two leases: the first POST, with its inline retries, may still be
-        in flight on a worker whose lock has lapsed; by then it has answered or died.
-        """
-        return max(self.settings.submit_grace, 2 * self.settings.lease)
+    def _probe_visibility(self, gen: Generation, known: tuple[str, ...], sent_at: float) -> bool:
+        """On a sample of accepted POSTs, look for the new track at once and record how soon
+        it showed (repost.py). True when probed and not seen yet: the job's end records it."""
+        if not repost.should_probe(self._timing_stats(gen.site, repost.VISIBLE), self.rng):
+            return False
+        try:
+            track = self._find_new_track(gen, known)
+        except api.DatoCMSError:
+            return True
+        if track is None:
+            return True
+        self._record(gen.site, repost.VISIBLE, time.monotonic() - sent_at)
+        return False
 
     def _post(self, gen: Generation) -> tuple[str, str]:
         client = self.client_for(gen.site)
@@ -183,6 +206,8 @@ class Pipeline:
             self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0, **self._polled(gen))
             return "job-pending"
         self._learn(gen, JOB)
+        if gen.visibility_probe and gen.phase_clock:  # the track exists by now: an upper bound
+            self._record(gen.site, repost.VISIBLE, gen.now - gen.phase_clock[0])
         return self._on_track(gen, track)
 
     def _watch_track(self, gen: Generation) -> str:
@@ -212,7 +237,7 @@ class Pipeline:
             clock = {"phase_clock": (start, 0.0)}
             delay = self._poll_delay(gen, attempts, phase=TRACK, elapsed=gen.now - start, running_at=0.0)
         self._schedule(gen, delay, phase=TRACK, track_id=track.id,
-                       attempts=attempts, errors=0, posted_at=None, **clock)
+                       attempts=attempts, errors=0, posted_at=None, visibility_probe=False, **clock)
         return "track-preparing"
 
     def _fail(self, gen: Generation, code: ErrorCode, message: str, exc: api.DatoCMSError | None = None,
@@ -223,7 +248,7 @@ class Pipeline:
                  extra=_context(gen))
         return self._finish(gen, OUTCOME_ERROR, error_fields(code, message, exc))
 
-    def _finish(self, gen: Generation, outcome: str, result: dict) -> str:
+    def _finish(self, gen: Generation, outcome: str, result: dict[str, Any]) -> str:
         notified = self.store.finish(gen.id, outcome, result)
         if notified:  # only the step that really ended it counts and reports it
             log.info("generation %s ended %s for %d request(s)", gen.id, outcome, len(notified), extra=_context(gen))
@@ -259,7 +284,7 @@ class Pipeline:
         return self._fail(gen, ErrorCode.PROTOCOL_ERROR, message, exc)
 
     # -- timing -----------------------------------------------------------------------
-    def _schedule(self, gen: Generation, delay: float, **fields) -> None:
+    def _schedule(self, gen: Generation, delay: float, **fields: Any) -> None:
         # Never sleep past the deadline: the step after it reports deadline_exceeded.
         delay = max(0.0, min(delay, gen.deadline - gen.now))
         self.store.advance(gen.id, delay, **fields)
@@ -284,7 +309,7 @@ class Pipeline:
 
     # -- learning how long phases take (schedule.py) ----------------------------------
     @staticmethod
-    def _polled(gen: Generation) -> dict:
+    def _polled(gen: Generation) -> dict[str, Any]:
         """The phase clock after a poll that found the phase still running."""
         if not gen.phase_clock:
             return {}
@@ -302,10 +327,13 @@ class Pipeline:
         if gen.phase != phase or not gen.phase_clock:
             return
         start, last = gen.phase_clock
+        self._record(gen.site, phase, schedule.observed(last, gen.now - start))
+
+    def _record(self, site: str, phase: str, seconds: float) -> None:
         try:
-            self.store.record_timing(gen.site, phase, schedule.observed(last, gen.now - start), schedule.DECAY)
-        except Exception as exc:  # learning only tunes polling: it never fails a step
-            log.warning("site %s: could not record a %s duration: %s", gen.site or "default", phase, exc)
+            self.store.record_timing(site, phase, seconds, schedule.DECAY)
+        except Exception as exc:  # learning only tunes timing: it never fails a step
+            log.warning("site %s: could not record a %s duration: %s", site or "default", phase, exc)
 
     def _timing_stats(self, site: str, phase: str) -> list[float] | None:
         try:
@@ -327,10 +355,12 @@ class Pipeline:
             message += f"; last error: {gen.last_error}"
         return message
 
-    def _find_new_track(self, gen: Generation) -> UploadTrack | None:
+    def _find_new_track(self, gen: Generation, known: tuple[str, ...]) -> UploadTrack | None:
+        """A subtitles track in ``gen``'s language the upload did not have before our POST."""
         wanted = gen.language_code.lower()
-        for track in self.client_for(gen.site).list_tracks(gen.upload_id):
-            if track.id not in gen.known_tracks and (track.language_code or "").lower() == wanted \
+        tracks: list[UploadTrack] = self.client_for(gen.site).list_tracks(gen.upload_id)
+        for track in tracks:
+            if track.id not in known and (track.language_code or "").lower() == wanted \
                     and track.track_type == "subtitles":
                 return track
         return None

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Callable, Iterable, TextIO
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TextIO, TypeVar
 
 FINAL = ("ready", "failed")
 EXIT_READY, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 3
 
+# A status as ``status()`` returns it (api.RequestStatus), or any mapping with its keys.
+_Status = TypeVar("_Status", bound=Mapping[str, Any])
 
-def happening(status: dict) -> str:
+
+def happening(status: Mapping[str, Any]) -> str:
     """What a request is doing now, in a few words (its phase, or its outcome)."""
     if status["state"] == "ready":
         what = f"ready: track {status.get('track_id')}"
@@ -30,7 +34,7 @@ def happening(status: dict) -> str:
     return what
 
 
-def describe(status: dict, now: float) -> str:
+def describe(status: Mapping[str, Any], now: float) -> str:
     """One line for one request: language, what it is doing, elapsed, attempts, next poll."""
     lang = status.get("language_code") or "?"
     elapsed = max(0.0, (status.get("finished_at") or now) - (status.get("created_at") or now))
@@ -43,17 +47,17 @@ def describe(status: dict, now: float) -> str:
     return "  ".join(parts)
 
 
-def render(statuses: Iterable[dict], now: float) -> list[str]:
+def render(statuses: Iterable[Mapping[str, Any]], now: float) -> list[str]:
     return [describe(s, now) for s in statuses]
 
 
-def exit_code(statuses: list[dict]) -> int:
+def exit_code(statuses: Iterable[Mapping[str, Any]]) -> int:
     return EXIT_READY if all(s["state"] == "ready" for s in statuses) else EXIT_FAILED
 
 
-def follow(request_ids: list[str], read: Callable[[str], dict], *, timeout: float, interval: float = 0.5,
+def follow(request_ids: list[str], read: Callable[[str], _Status], *, timeout: float, interval: float = 0.5,
            out: TextIO = sys.stdout, clock: Callable[[], float] = time.time,
-           sleep: Callable[[float], None] = time.sleep) -> tuple[int, list[dict]]:
+           sleep: Callable[[float], None] = time.sleep) -> tuple[int, list[_Status]]:
     """Poll until every request is ready or failed (or ``timeout``); returns (exit code, statuses).
 
     On a terminal the block of lines is redrawn in place; otherwise a line is printed
@@ -74,7 +78,7 @@ def follow(request_ids: list[str], read: Callable[[str], dict], *, timeout: floa
                 out.write(f"\x1b[2K{line}\n")
             drawn = len(lines)
         else:
-            for rid, status, line in zip(request_ids, statuses, lines):
+            for rid, status, line in zip(request_ids, statuses, lines, strict=True):
                 # Elapsed time changes every second; only a change of what happens is news.
                 what = happening(status)
                 if shown.get(rid) != what:

@@ -17,10 +17,10 @@ dispatcher hands them out again.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from . import callback_watch
-from .state import READY, FAILED, Store
+from .state import FAILED, READY, Store
 
 log = logging.getLogger("subtitle_tasks.recovery")
 

@@ -19,7 +19,7 @@ import functools
 import os
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -28,7 +28,10 @@ from redis.retry import Retry
 from .metrics import Recorder
 from .settings import ConfigurationError, Settings, load_settings
 from .sites import Site, SiteError
-from .state import RedisStore
+from .state.redis import RedisStore
+
+if TYPE_CHECKING:
+    from .datocms import DatoCMSClient
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -49,7 +52,7 @@ class Runtime:
         self.sites = settings.site_registry()
         self._lock = threading.RLock()  # client_for builds the store under it
         self._store: RedisStore | None = None
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, DatoCMSClient] = {}
 
     @property
     def store(self) -> RedisStore:
@@ -73,11 +76,11 @@ class Runtime:
         return site
 
     @property
-    def client(self):
+    def client(self) -> DatoCMSClient:
         """The default site's DatoCMS client."""
         return self.client_for(None)
 
-    def client_for(self, alias: str | None):
+    def client_for(self, alias: str | None) -> DatoCMSClient:
         """A site's DatoCMS client, sharing that token's API quota with the fleet through Redis.
 
         The quota key depends on the token alone: DatoCMS counts per token, so every
@@ -92,7 +95,7 @@ class Runtime:
                     client = self._clients[key] = self._build_client(self.site(alias))
         return client
 
-    def _build_client(self, site: Site):
+    def _build_client(self, site: Site) -> DatoCMSClient:
         from .datocms import DatoCMSClient
         from .rate_limits import SharedRateLimiter, key_for_token
         from .rate_limits.backends.redis import RedisBackend
@@ -131,7 +134,7 @@ class Runtime:
 _default: Runtime | None = None
 _default_lock = threading.Lock()
 # app -> its runtime; weak, so a discarded app takes its runtime with it.
-_by_app: "weakref.WeakKeyDictionary[Any, Runtime]" = weakref.WeakKeyDictionary()
+_by_app: weakref.WeakKeyDictionary[Any, Runtime] = weakref.WeakKeyDictionary()
 
 
 def get_runtime() -> Runtime:

@@ -37,9 +37,9 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
 
 from .backoff import capped_exponential
 
@@ -119,7 +119,7 @@ def update(stats: Sequence[float] | None, seconds: float, decay: float = DECAY) 
 def encode(stats: Sequence[float] | None) -> str:
     """As the store keeps a histogram: comma-separated counts to 4 significant digits
     (Lua's ``%.4g`` writes the same), trailing empty buckets left out."""
-    parts = ["%.4g" % c for c in _counts(stats)]
+    parts = [f"{c:.4g}" for c in _counts(stats)]
     while parts and parts[-1] == "0":
         parts.pop()
     return ",".join(parts)
@@ -208,7 +208,9 @@ def _grid(counts: list[float], min_gap: float) -> tuple[list[float], list[float]
     in three (about 5 % steps) but never into steps shorter than a quarter of min_gap."""
     total = sum(counts)
     used = [i for i, c in enumerate(counts) if c > 0]
-    times, done, below = [], [], sum(counts[:used[0]]) / total
+    times: list[float] = []
+    done: list[float] = []
+    below = sum(counts[:used[0]]) / total
     for index in range(used[0], used[-1] + 1):
         low, high = lower_edge(index), upper_edge(index)
         share = counts[index] / total
@@ -239,7 +241,8 @@ def _plan(counts: tuple[float, ...], poll_cost: float, min_gap: float, max_gap: 
     return _Plan(tuple(times), tuple(done), tuple(area), tuple(future))
 
 
-def _best(times, done, area, future, start, t, f, a, poll_cost, min_gap, max_gap) -> tuple[float, int]:
+def _best(times: Sequence[float], done: Sequence[float], area: Sequence[float], future: Sequence[float], start: int,
+          t: float, f: float, a: float, poll_cost: float, min_gap: float, max_gap: float) -> tuple[float, int]:
     """The best next poll among grid points from ``start`` on, from time ``t`` (F = f, area a)."""
     best, choice, last = math.inf, len(times) - 1, len(times) - 1
     for j in range(start, len(times)):
@@ -304,7 +307,8 @@ def poll_times(stats: Sequence[float] | None, *, poll_cost: float, initial: floa
     """The whole learned schedule of a phase, without jitter: poll times (seconds into the
     phase) up to ``horizon``. For tests, documentation and the CLI; the pipeline asks
     :func:`next_delay` one poll at a time."""
-    out, t = [], 0.0
+    out: list[float] = []
+    t = 0.0
     while True:
         t += next_delay(stats, t, len(out), poll_cost=poll_cost, initial=initial, maximum=maximum,
                         rng=lambda: 1.0)

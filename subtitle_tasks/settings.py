@@ -16,11 +16,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
-from .sites import DEFAULT as DEFAULT_SITE, Site, SiteError, SiteRegistry, parse as parse_sites
+from .sites import DEFAULT as DEFAULT_SITE
+from .sites import Site, SiteError, SiteRegistry
+from .sites import parse as parse_sites
 
 
 class ConfigurationError(ValueError):
@@ -29,7 +32,7 @@ class ConfigurationError(ValueError):
 
 def _django_settings() -> Any:
     try:
-        from django.conf import settings as django_settings  # type: ignore[import-not-found]
+        from django.conf import settings as django_settings
     except ImportError:
         return None
     try:
@@ -38,7 +41,7 @@ def _django_settings() -> Any:
                 return None
             # LazySettings loads on first attribute access; a project's celery.py usually
             # calls init_app before anything has touched settings.
-            getattr(django_settings, "INSTALLED_APPS")
+            _ = django_settings.INSTALLED_APPS
     except Exception:  # a half-configured Django must not break a plain Celery worker
         return None
     return django_settings
@@ -149,7 +152,8 @@ def _redis_url(name: str, raw: Any) -> str | None:
     if value is None:
         return None
     if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(f"{name} must be a redis://, rediss:// or unix:// URL, got a {urlsplit(value).scheme or 'schemeless'} URL")
+        raise ConfigurationError(f"{name} must be a redis://, rediss:// or unix:// URL, "
+                                 f"got a {urlsplit(value).scheme or 'schemeless'} URL")
     return value
 
 
@@ -202,6 +206,9 @@ class Settings:
     # -- the sweep (sweep.py) --
     auto_languages: tuple[str, ...] = ()  # tags a sweep asks for on new videos; empty: sweeps are off
     sweep_share: float = 0.25  # of a site's per-window API budget one sweep may spend
+    # -- the step watch (step_watch.py) --
+    heartbeat: float = 0.5  # how often each worker says it is alive
+    dead_after: float = 2.0  # a worker silent this long is dead: its held steps are due again now
 
     @property
     def state_url(self) -> str | None:
@@ -279,6 +286,9 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     # -- the sweep (sweep.py) --
     "auto_languages": ("SUBTITLE_TASKS_AUTO_LANGUAGES", parse_language_list),
     "sweep_share": ("SUBTITLE_TASKS_SWEEP_SHARE", _share),
+    # -- the step watch (step_watch.py) --
+    "heartbeat": ("SUBTITLE_TASKS_HEARTBEAT", _positive_float),
+    "dead_after": ("SUBTITLE_TASKS_DEAD_AFTER", _positive_float),
 }
 
 # Plain characters only: the prefix is matched literally in the broker-key checks.
@@ -335,10 +345,17 @@ def _check_consistency(settings: Settings, defaults: Settings) -> None:
             f"SUBTITLE_TASKS_KEY_PREFIX must be 1-64 letters, digits, '_', '.' or '-', got {settings.key_prefix!r}")
     if settings.poll_max < settings.poll_initial:
         raise ConfigurationError(
-            f"SUBTITLE_TASKS_POLL_MAX ({settings.poll_max}) is below SUBTITLE_TASKS_POLL_INITIAL ({settings.poll_initial})"
+            f"SUBTITLE_TASKS_POLL_MAX ({settings.poll_max}) is below "
+            f"SUBTITLE_TASKS_POLL_INITIAL ({settings.poll_initial})"
         )
+    # A worker must miss a few beats before it is judged dead (step watch).
+    if settings.dead_after < 3 * settings.heartbeat:
+        raise ConfigurationError(
+            f"SUBTITLE_TASKS_DEAD_AFTER ({settings.dead_after}) must be at least 3x SUBTITLE_TASKS_HEARTBEAT "
+            f"({settings.heartbeat})")
     # A poll must finish inside its lease, or a second dispatcher would hand it out again.
     if settings.lease < 3 * settings.http_timeout:
         raise ConfigurationError(
-            f"SUBTITLE_TASKS_LEASE ({settings.lease}) must be at least 3x SUBTITLE_TASKS_HTTP_TIMEOUT ({settings.http_timeout})"
+            f"SUBTITLE_TASKS_LEASE ({settings.lease}) must be at least 3x "
+            f"SUBTITLE_TASKS_HTTP_TIMEOUT ({settings.http_timeout})"
         )

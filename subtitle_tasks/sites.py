@@ -20,8 +20,9 @@ import json
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 DEFAULT = ""  # the alias of the site the DATOCMS_* variables describe
@@ -68,7 +69,7 @@ class Site:
         return token
 
 
-def valid_alias(value: object) -> bool:
+def valid_alias(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(_ALIAS.fullmatch(value))
 
 

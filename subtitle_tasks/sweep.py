@@ -28,14 +28,16 @@ calls, never a missed or a duplicated request.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import math
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, TypedDict
 
 from .api import request_subtitles
 from .datocms import DatoCMSError, NotFound, Upload
@@ -170,6 +172,16 @@ class _Pace:
         self._ends.append(self.monotonic())
 
 
+class _Progress(TypedDict):
+    """An unfinished pass as the cursor records it, read back."""
+
+    top: float  # created_at of the newest upload the pass saw
+    low: float | None  # created_at of the oldest upload it handled
+    low_ids: set[str]  # the uploads handled with that created_at
+    offset: int  # where the next page starts
+    pending: float | None  # created_at of the oldest recent video not yet on Mux
+
+
 class Sweep:
     """One sweep of one site. Build it with :func:`sweep`; ``run()`` returns the report."""
 
@@ -185,7 +197,7 @@ class Sweep:
         self.report = empty_report(site, languages, since, dry_run)
 
     # -- the cursor ----------------------------------------------------------------------
-    def _read_cursor(self) -> tuple[tuple[float, float] | None, dict | None]:
+    def _read_cursor(self) -> tuple[tuple[float, float] | None, _Progress | None]:
         """(covered (floor, top) of the last finished pass, the unfinished pass) as far as usable."""
         raw = self.store.sweep_cursor(self.site)
         if not raw or raw.get("v") != CURSOR_VERSION or raw.get("languages") != self.language_key:
@@ -193,7 +205,7 @@ class Sweep:
         try:
             covered = (float(raw["floor"]), float(raw["top"])) if raw.get("top") is not None else None
             unfinished = raw.get("pass")
-            progress = None
+            progress: _Progress | None = None
             if isinstance(unfinished, dict) and unfinished.get("top") is not None:
                 low = unfinished.get("low")
                 pending = unfinished.get("pending")
@@ -206,7 +218,7 @@ class Sweep:
             return None, None
         return covered, progress
 
-    def _save(self, covered: tuple[float, float] | None, unfinished: dict | None) -> None:
+    def _save(self, covered: tuple[float, float] | None, unfinished: dict[str, Any] | None) -> None:
         if self.dry_run:
             return
         cursor = {"v": CURSOR_VERSION, "languages": self.language_key,
@@ -272,6 +284,9 @@ class Sweep:
         covered, progress = self._read_cursor()
         # Stop at what the last finished pass covered, if it reached down to this boundary.
         stop_at = covered[1] - OVERLAP if covered and covered[0] <= boundary else None
+        top: float | None
+        low: float | None
+        low_ids: set[str]
         if progress:
             offset, top, low, low_ids = progress["offset"], progress["top"], progress["low"], progress["low_ids"]
             self.pending = progress["pending"]
@@ -280,7 +295,7 @@ class Sweep:
             offset, top, low, low_ids = 0, None, None, set()
         next_offset, check_shift, complete, reached_covered = offset, bool(progress), False, False
 
-        def unfinished() -> dict | None:
+        def unfinished() -> dict[str, Any] | None:
             if top is None:
                 return None
             return {"top": top, "low": low, "low_ids": sorted(low_ids), "offset": next_offset,
@@ -288,8 +303,8 @@ class Sweep:
 
         try:
             while not complete:
-                uploads, total = self._call(lambda: self.client.list_uploads(
-                    video_only=True, newest_first=True, offset=offset, limit=self.page_size))
+                uploads, total = self._call(functools.partial(
+                    self.client.list_uploads, video_only=True, newest_first=True, offset=offset, limit=self.page_size))
                 report["pages"] += 1
                 report["listed"] += len(uploads)
                 if check_shift and offset > 0 and low is not None \

@@ -5,65 +5,66 @@ dedicated fleet runs ``celery -A subtitle_tasks worker``. Arguments are ids only
 no token, no callback, no API payload ever travels through the broker from here.
 
 Every task acknowledges early on purpose: the durable record of pending work is
-the schedule in Redis (with leases), not the broker message, so a lost message
-costs one lease, never a visibility timeout.
+the schedule in Redis (with leases), not the broker message. A worker that dies
+holding steps costs seconds (step_watch.py), a message lost otherwise one lease,
+never a visibility timeout.
 """
 
 from __future__ import annotations
 
 import logging
-
-from celery import shared_task
-
 from typing import Any
+
+from celery import Celery, Task, shared_task
 
 from .api import request_languages
 from .callbacks import Notifier, report_refusal
-from .errors import InvalidSubtitleRequest, StateUnavailable
 from .dispatcher import Dispatcher
+from .errors import InvalidSubtitleRequest, StateUnavailable
 from .pipeline import Pipeline
 from .recovery import Recovery
 from .runtime import runtime_for
+from .step_watch import owner_of
 
 log = logging.getLogger("subtitle_tasks.tasks")
 
 _COMMON = dict(bind=True, ignore_result=True, acks_late=False, serializer="json")
 
 
-def _notifier(app) -> Notifier:
+def _notifier(app: Celery) -> Notifier:
     runtime = runtime_for(app)
     return Notifier.from_settings(runtime.store, app, runtime.settings)
 
 
-def _pipeline(app) -> Pipeline:
+def _pipeline(app: Celery) -> Pipeline:
     runtime = runtime_for(app)
     return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app).notify,
                     metrics=runtime.metrics)
 
 
 @shared_task(name="subtitle_tasks.submit", **_COMMON)
-def submit(self, generation_id: str) -> str:
+def submit(self: Task, generation_id: str) -> str:
     """POST the generation to DatoCMS (or reconcile an earlier POST)."""
-    return _pipeline(self.app).advance(generation_id)
+    return _pipeline(self.app).advance(generation_id, owner=owner_of(self))
 
 
 @shared_task(name="subtitle_tasks.poll", **_COMMON)
-def poll(self, generation_id: str) -> str:
+def poll(self: Task, generation_id: str) -> str:
     """Poll the job result, then the track, once; the next poll is scheduled, not slept."""
-    return _pipeline(self.app).advance(generation_id)
+    return _pipeline(self.app).advance(generation_id, owner=owner_of(self))
 
 
 @shared_task(name="subtitle_tasks.notify", **_COMMON)
-def notify(self, request_id: str) -> str:
+def notify(self: Task, request_id: str) -> str:
     """Send a finished request's callbacks (used by cancel() and by recovery)."""
     return _notifier(self.app).notify(request_id)
 
 
 @shared_task(name="subtitle_tasks.request", bind=True, acks_late=False, serializer="json",
              autoretry_for=(StateUnavailable,), retry_backoff=True, retry_backoff_max=60, max_retries=None)
-def request(self, upload_id: str, language_codes: str | list[str], name: str | None = None,
+def request(self: Task, upload_id: str, language_codes: str | list[str], name: str | None = None,
             on_ready: Any = None, on_error: Any = None, request_id: str | None = None, site: str | None = None,
-            deadline: float | None = None, check_language: bool = True) -> dict:
+            deadline: float | None = None, check_language: bool = True) -> dict[str, Any]:
     """Ask for subtitles from a message: celery beat, or a service that has only the broker.
 
     JSON arguments only (signatures as dicts). Checked exactly as request_subtitles
@@ -87,7 +88,7 @@ def request(self, upload_id: str, language_codes: str | list[str], name: str | N
 
 
 @shared_task(name="subtitle_tasks.recover", **_COMMON)
-def recover(self) -> dict:
+def recover(self: Task) -> dict[str, Any]:
     """Celery beat sweep: hand out overdue steps, repair the schedule, finish notifications."""
     runtime = runtime_for(self.app)
     settings = runtime.settings
@@ -102,8 +103,8 @@ SWEEP_MAX_SECONDS = 300.0  # a beat-run sweep gives its pool slot back; the curs
 
 
 @shared_task(name="subtitle_tasks.sweep", **_COMMON)
-def sweep(self, site: str | None = None, languages: str | list[str] | None = None, since: float | None = None,
-          dry_run: bool = False, max_seconds: float | None = SWEEP_MAX_SECONDS) -> dict:
+def sweep(self: Task, site: str | None = None, languages: str | list[str] | None = None, since: float | None = None,
+          dry_run: bool = False, max_seconds: float | None = SWEEP_MAX_SECONDS) -> dict[str, Any]:
     """Celery beat: ask for the subtitles a site's recent videos lack (see sweep.py).
 
     ``languages`` defaults to SUBTITLE_TASKS_AUTO_LANGUAGES, ``since`` (seconds) to 7 days.

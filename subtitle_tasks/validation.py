@@ -32,17 +32,18 @@ _LANGTAG = re.compile(
 _PRIVATEUSE = re.compile(rf"[xX](?:-{_ALPHANUM}{{1,8}})+")
 # The tags RFC 5646 keeps for compatibility ("grandfathered"), matched case-insensitively.
 _GRANDFATHERED = frozenset(t.lower() for t in (
-    "en-GB-oed i-ami i-bnn i-default i-enochian i-hak i-klingon i-lux i-mingo i-navajo i-pwn i-tao i-tay "
-    "i-tsu sgn-BE-FR sgn-BE-NL sgn-CH-DE art-lojban cel-gaulish no-bok no-nyn zh-guoyu zh-hakka zh-min "
-    "zh-min-nan zh-xiang"
-).split())
+    "en-GB-oed", "i-ami", "i-bnn", "i-default", "i-enochian", "i-hak", "i-klingon", "i-lux", "i-mingo",
+    "i-navajo", "i-pwn", "i-tao", "i-tay", "i-tsu", "sgn-BE-FR", "sgn-BE-NL", "sgn-CH-DE", "art-lojban",
+    "cel-gaulish", "no-bok", "no-nyn", "zh-guoyu", "zh-hakka", "zh-min", "zh-min-nan", "zh-xiang",
+))
 # Longer than any registered tag with a few extensions; DatoCMS only needs a language.
 MAX_LANGUAGE_TAG = 64
 
 # Languages Mux's automatic captions accept (stable, then beta), per the reference.
-SUPPORTED_LANGUAGES = frozenset(
-    "en es it pt de fr".split() + "pl ru nl ca tr sv uk no fi sk el cs hr da ro bg".split()
-)
+SUPPORTED_LANGUAGES = frozenset((
+    "en", "es", "it", "pt", "de", "fr",  # stable
+    "pl", "ru", "nl", "ca", "tr", "sv", "uk", "no", "fi", "sk", "el", "cs", "hr", "da", "ro", "bg",  # beta
+))
 MAX_NAME = 255
 
 # Characters refused in names shown to editors: C0/C1 controls, line and paragraph
@@ -104,11 +105,15 @@ def track_name(value: object) -> str | None:
     return value
 
 
-def site(value: object, sites: "SiteRegistry") -> "Site":
+def site(value: object, sites: SiteRegistry) -> Site:
     """The configured site an alias names (None: the default site)."""
-    if value is not None and not valid_alias(value):
-        raise InvalidSubtitleRequest("site", f"expected a site alias (1-32 of a-z, 0-9, '_', '-'), got {_show(value)}")
-    found = sites.get(value)  # type: ignore[arg-type]
+    alias: str | None = None
+    if value is not None:
+        if not valid_alias(value):
+            raise InvalidSubtitleRequest("site", f"expected a site alias (1-32 of a-z, 0-9, '_', '-'), "
+                                                 f"got {_show(value)}")
+        alias = value
+    found = sites.get(alias)
     if found is None:
         raise InvalidSubtitleRequest("site", f"unknown site {value!r}; configured: "
                                              f"{', '.join(sites.aliases()) or 'none'}")

@@ -8,7 +8,7 @@ workers or of which app a task runs in.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from celery import bootsteps
 from celery.signals import task_prerun
@@ -16,18 +16,22 @@ from celery.signals import task_prerun
 from .metrics import MetricsServer, on_callback_started
 from .runtime import attached, runtime_for
 
+if TYPE_CHECKING:
+    from .celery_app import InitReport
+
 log = logging.getLogger("subtitle_tasks.metrics")
 
 _prerun_connected = False
 
 
-def install(app: Any, report: Any) -> None:
+def install(app: Any, report: InitReport) -> None:
     """Time our callbacks where they start; serve metrics from workers if configured."""
     global _prerun_connected
     if not _prerun_connected:
         task_prerun.connect(_on_task_prerun, weak=False)
         _prerun_connected = True
-    settings = attached(app).settings if attached(app) is not None else None
+    wired = attached(app)
+    settings = wired.settings if wired is not None else None
     if settings is not None and settings.metrics_port and _MetricsStep not in app.steps["worker"]:
         app.steps["worker"].add(_MetricsStep)
         report.changes.append(f"serving fleet metrics on port {settings.metrics_port} from every worker")
@@ -44,16 +48,22 @@ def _on_task_prerun(sender: Any = None, task: Any = None, **_: Any) -> None:
         pass
 
 
-class _MetricsStep(bootsteps.StartStopStep):
+# Celery ships no type information: StartStopStep is Any to mypy.
+class _MetricsStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Serves /metrics and /stats.json from a worker's main process."""
 
-    requires = {"celery.worker.components:Pool"}
+    requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
+    server: MetricsServer | None = None  # set by start
 
     def start(self, worker: Any) -> None:
         runtime = runtime_for(worker.app)
+        port = runtime.settings.metrics_port
+        if port is None:  # install() adds this step only to an app whose settings name a port
+            log.info("metrics not served from this worker (SUBTITLE_TASKS_METRICS_PORT is not set)")
+            self.server = None
+            return
         try:
-            self.server: MetricsServer | None = MetricsServer(runtime.store, runtime.settings.lease,
-                                                              port=runtime.settings.metrics_port)
+            self.server = MetricsServer(runtime.store, runtime.settings.lease, port=port)
         except OSError as exc:  # another worker on this host has the port: one is enough
             log.info("metrics not served from this worker (%s)", exc)
             self.server = None
@@ -61,5 +71,5 @@ class _MetricsStep(bootsteps.StartStopStep):
         self.server.serve_in_thread()
 
     def stop(self, worker: Any) -> None:
-        if getattr(self, "server", None) is not None:
+        if self.server is not None:
             self.server.close()

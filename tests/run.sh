@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (from pyproject.toml) into .venv,
-# makes sure a RabbitMQ broker is there for the broker tests, runs pytest, and
-# stops whatever it started. Redis servers are started by the tests themselves.
+# makes sure a RabbitMQ broker is there for the broker tests, runs mypy --strict and
+# ruff, then pytest, and stops whatever it started. Redis servers are started by the
+# tests themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,10 @@ cleanup() {
   if [ -n "$started_rabbit" ]; then rabbitmqctl stop >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
+
+# Static checks first: cheap, and a type or lint error fails the run like a test would.
+# (Their configuration, and the pinned versions, are in pyproject.toml.)
+.venv/bin/python -m mypy
+.venv/bin/python -m ruff check subtitle_tasks tests bench examples
 
 .venv/bin/python -m pytest "$@"

@@ -264,7 +264,7 @@ def test_workers_on_another_broker_are_left_to_that_brokers_sweepers():
 def test_a_restore_that_fails_keeps_the_hold_for_the_next_sweep():
     f = Fleet()
     w = f.worker()
-    task_id, tag = f.hold(w, "r1")
+    task_id, _ = f.hold(w, "r1")
 
     class Down(Broker):
         def restore(self, *args):

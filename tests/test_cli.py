@@ -13,7 +13,7 @@ from tests.support.harness import ROOT
 
 def _cli(harness, *args, timeout=60):
     return subprocess.run([sys.executable, "-m", "subtitle_tasks.cli", *args], env=harness.env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_request_wait_follows_each_language_and_exits_by_outcome(harness, sim):

@@ -22,8 +22,10 @@ from urllib3.exceptions import (
     MaxRetryError,
     NameResolutionError,
     NewConnectionError,
-    ProtocolError as Urllib3ProtocolError,
     ReadTimeoutError,
+)
+from urllib3.exceptions import (
+    ProtocolError as Urllib3ProtocolError,
 )
 
 from subtitle_tasks.datocms import (
@@ -69,7 +71,7 @@ class FakeTransport(BaseAdapter):
         self.script: deque = deque()
 
     def reply(self, status: int = 200, json_body: Any = None, *, body: Any = None,
-              headers: dict[str, str] | None = None, reason: str = "", delay: float = 0.0) -> "FakeTransport":
+              headers: dict[str, str] | None = None, reason: str = "", delay: float = 0.0) -> FakeTransport:
         """Script one answer; ``body`` may be a file-like raw stream, ``delay``
         seconds pass before the headers "arrive"."""
         if body is None:
@@ -81,7 +83,7 @@ class FakeTransport(BaseAdapter):
         self.script.append(("reply", status, body, hdrs, reason, delay))
         return self
 
-    def fail(self, exc: BaseException) -> "FakeTransport":
+    def fail(self, exc: BaseException) -> FakeTransport:
         self.script.append(("fail", exc))
         return self
 
@@ -441,7 +443,8 @@ def test_404_with_another_code_is_not_pending(client, transport):
 def test_list_tracks(client, transport):
     transport.reply(
         200,
-        {"data": [track_resource("ready"), track_resource("errored", track_id="trk-2", upload_id=None, error="no audio")]},
+        {"data": [track_resource("ready"),
+                  track_resource("errored", track_id="trk-2", upload_id=None, error="no audio")]},
     )
     tracks = client.list_tracks("up-1")
     assert [t.id for t in tracks] == ["trk-1", "trk-2"]
@@ -634,7 +637,8 @@ def test_request_id_header_wins_over_error_id(make_client, transport):
 
 def test_str_is_readable(make_client, transport):
     client = make_client(max_inline_retries=0)
-    transport.reply(422, api_error("INVALID_FIELD", details={"field": "language_code", "code": "VALIDATION_FORMAT"}, id="e1"))
+    transport.reply(422, api_error("INVALID_FIELD", details={"field": "language_code", "code": "VALIDATION_FORMAT"},
+                                   id="e1"))
     with pytest.raises(InvalidRequest) as info:
         client.generate_subtitles("up-1", "xx")
     assert str(info.value) == (
@@ -864,7 +868,8 @@ def every_error(make_client, transport) -> list[DatoCMSError]:
         lambda: transport.reply(401, api_error("INVALID_AUTHORIZATION_HEADER", details=leaky)),
         lambda: transport.reply(403, api_error("INSUFFICIENT_PERMISSIONS", details=leaky)),
         lambda: transport.reply(404, api_error("NOT_FOUND", details=leaky)),
-        lambda: transport.reply(429, api_error("RATE_LIMIT_EXCEEDED", details=leaky), headers={"X-RateLimit-Reset": "9"}),
+        lambda: transport.reply(429, api_error("RATE_LIMIT_EXCEEDED", details=leaky),
+                                headers={"X-RateLimit-Reset": "9"}),
         lambda: transport.reply(500, api_error("X", details=leaky)),
         lambda: transport.reply(422, api_error("X", transient=True, details=leaky)),
         lambda: transport.reply(502, body=f"<html>{TOKEN}</html>"),
@@ -996,7 +1001,8 @@ def test_upload_track_from_resource_validation():
     with pytest.raises(MalformedResource):
         UploadTrack.from_resource({"type": "upload_track", "id": "1", "attributes": {"type": "subtitles"}})
     with pytest.raises(MalformedResource):
-        UploadTrack.from_resource(track_resource() | {"attributes": {"status": "ready", "type": "subtitles", "closed_captions": "no"}})
+        UploadTrack.from_resource(
+            track_resource() | {"attributes": {"status": "ready", "type": "subtitles", "closed_captions": "no"}})
     with pytest.raises(ValueError):  # MalformedResource is a ValueError
         UploadTrack.from_resource(None)
 
@@ -1409,7 +1415,8 @@ def test_every_answer_is_observed_errors_and_429_included(make_client, transport
     client = make_client(rate_limiter=limiter, max_inline_retries=0)
     transport.reply(200, {"data": []}, headers=rate_headers("30", "12"))
     transport.reply(404, api_error("NOT_FOUND"), headers=rate_headers("30", "11"))
-    transport.reply(429, api_error("RATE_LIMIT_EXCEEDED"), headers=rate_headers(" 30 ", "0", **{"X-RateLimit-Reset": "2"}))
+    transport.reply(429, api_error("RATE_LIMIT_EXCEEDED"),
+                    headers=rate_headers(" 30 ", "0", **{"X-RateLimit-Reset": "2"}))
     assert client.list_tracks("up-1") == []
     with pytest.raises(NotFound):
         client.list_tracks("up-1")
@@ -1473,7 +1480,8 @@ def test_broken_observe_hides_neither_the_answer_nor_the_429(make_client, transp
     limiter = Broken()
     client = make_client(rate_limiter=limiter, max_inline_retries=0)
     transport.reply(200, {"data": []}, headers=rate_headers("60", "1"))
-    transport.reply(429, api_error("RATE_LIMIT_EXCEEDED"), headers=rate_headers("60", "0", **{"X-RateLimit-Reset": "3"}))
+    transport.reply(429, api_error("RATE_LIMIT_EXCEEDED"),
+                    headers=rate_headers("60", "0", **{"X-RateLimit-Reset": "3"}))
     with caplog.at_level(logging.WARNING, logger="subtitle_tasks.datocms.client"):
         assert client.list_tracks("up-1") == []
         with pytest.raises(RateLimited):

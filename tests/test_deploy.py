@@ -41,7 +41,7 @@ _URL_WITH_PASSWORD = re.compile(r"rediss?://[^\s:@/'\"]*:([^\s@'\"]*)@")
 # -- YAML ----------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _yaml_loader():
     """A function path -> list of documents, or None when no PyYAML is around.
 
@@ -58,10 +58,11 @@ def _yaml_loader():
     for candidate in dict.fromkeys(filter(None, [shutil.which("python3"), "/usr/bin/python3"])):
         if not os.path.exists(candidate) or os.path.realpath(candidate) == os.path.realpath(sys.executable):
             continue
-        probe = subprocess.run([candidate, "-c", "import yaml"], capture_output=True, timeout=30)
+        probe = subprocess.run([candidate, "-c", "import yaml"], capture_output=True, timeout=30, check=False)
         if probe.returncode == 0:
             def load(path: Path, python: str = candidate) -> list:
-                out = subprocess.run([python, "-c", script, str(path)], capture_output=True, text=True, timeout=30)
+                out = subprocess.run([python, "-c", script, str(path)], capture_output=True, text=True, timeout=30,
+                                     check=False)
                 if out.returncode != 0:
                     raise AssertionError(f"{path.name} does not parse as YAML:\n{out.stderr}")
                 return json.loads(out.stdout)
@@ -69,7 +70,7 @@ def _yaml_loader():
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parsed(path: Path) -> str:
     loader = _yaml_loader()
     return json.dumps([doc for doc in loader(path) if doc is not None])
@@ -121,7 +122,8 @@ def test_kubernetes_reads_the_redis_password_from_the_secret():
                     "redis://subtitle_tasks:$(SUBTITLE_TASKS_REDIS_PASSWORD)@subtitle-tasks-redis:6379/0")
                 # $(VAR) only expands variables defined earlier in the list.
                 assert names.index("SUBTITLE_TASKS_REDIS_PASSWORD") < names.index(url_name)
-    [settings] = [doc for doc in docs if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "subtitle-tasks-settings"]
+    [settings] = [doc for doc in docs
+                  if doc["kind"] == "ConfigMap" and doc["metadata"]["name"] == "subtitle-tasks-settings"]
     assert not {"CELERY_BROKER_URL", "SUBTITLE_TASKS_REDIS_URL"} & set(settings["data"])
 
 
@@ -180,7 +182,8 @@ def test_kustomize_builds_the_manifests():
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed (kubectl kustomize renders offline)")
-    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, timeout=60,
+                         check=False)
     assert out.returncode == 0, out.stderr
     kinds = re.findall(r"^kind: (\w+)$", out.stdout, re.M)
     assert sorted(kinds) == sorted(["ConfigMap", "ConfigMap", "Service", "Service", "StatefulSet",
@@ -194,8 +197,8 @@ def test_kustomize_builds_the_manifests():
 
 def _directives(path: Path) -> list[list[str]]:
     out = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw_line in path.read_text().splitlines():
+        line = raw_line.strip()
         if line and not line.startswith("#"):
             out.append(line.split())
     return out
@@ -331,8 +334,8 @@ def test_the_fleet_user_can_do_what_the_fleet_does(acl_redis):
         # settle.lua switches databases inside its script to queue callbacks on the broker's.
         assert client.eval("redis.call('SELECT', 0); return redis.call('LPUSH', KEYS[1], 'm')", 1, "q") == 1
         client.client_setname("fleet-test")
-        for forbidden in (lambda: client.flushall(), lambda: client.config_get("dir"), lambda: client.keys("*"),
-                          lambda: client.acl_list(), lambda: client.execute_command("SHUTDOWN", "NOSAVE")):
+        for forbidden in (client.flushall, lambda: client.config_get("dir"), lambda: client.keys("*"),
+                          client.acl_list, lambda: client.execute_command("SHUTDOWN", "NOSAVE")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 forbidden()
     finally:

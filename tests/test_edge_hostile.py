@@ -11,7 +11,12 @@ import redis as redis_lib
 from celery import Celery, chain, chord, group
 
 from subtitle_tasks import (
-    IdempotencyConflict, InvalidSubtitleRequest, JoinLimitReached, StateError, request_subtitles, runtime,
+    IdempotencyConflict,
+    InvalidSubtitleRequest,
+    JoinLimitReached,
+    StateError,
+    request_subtitles,
+    runtime,
 )
 from subtitle_tasks.settings import load_settings
 from subtitle_tasks.validation import SUPPORTED_LANGUAGES
@@ -246,7 +251,8 @@ def subtitle_tasks_status(request_id):
 
 
 @pytest.mark.parametrize("label,kwargs,exc,field",
-                         [c for c in CASES if c[2] is InvalidSubtitleRequest], ids=lambda v: v if isinstance(v, str) else "")
+                         [c for c in CASES if c[2] is InvalidSubtitleRequest],
+                         ids=lambda v: v if isinstance(v, str) else "")
 def test_check_request_refuses_the_same_input_without_touching_redis(edge, label, kwargs, exc, field):
     import subtitle_tasks
 

@@ -326,12 +326,11 @@ class TestDjangoProject:
         start_worker()
         dropped = Video.objects.create(title="Rolled back", upload_id="django-rollback")
         kept = Video.objects.create(title="Committed", upload_id="django-commit")
-        with pytest.raises(RolledBack):
-            with transaction.atomic():  # the caller's transaction, around the view
-                response = _ask(client, dropped.pk, key="once")
-                assert response.status_code == 202  # the id is known before the commit
-                dropped_id = response.json()["request_id"]
-                raise RolledBack
+        with pytest.raises(RolledBack), transaction.atomic():  # the caller's transaction, around the view
+            response = _ask(client, dropped.pk, key="once")
+            assert response.status_code == 202  # the id is known before the commit
+            dropped_id = response.json()["request_id"]
+            raise RolledBack
         assert Video.objects.get(pk=dropped.pk).subtitles_request_id == ""
         assert client.get(f"/subtitle-requests/{dropped_id}").status_code == 404
 

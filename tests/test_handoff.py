@@ -13,11 +13,11 @@ import pytest
 import redis
 from celery import Celery
 
-from subtitle_tasks.callbacks import Notifier
 from subtitle_tasks import handoff as handoff_module
+from subtitle_tasks.callbacks import Notifier
 from subtitle_tasks.handoff import Handoff, HandoffUnsupported, NotTransactional, capture_support, handoff
 from subtitle_tasks.local_redis import LocalRedis
-from subtitle_tasks.state import FINISHING, BrokerWrites, OUTCOME_ERROR, OUTCOME_READY, READY, RedisStore
+from subtitle_tasks.state import FINISHING, OUTCOME_ERROR, OUTCOME_READY, READY, BrokerWrites, RedisStore
 
 
 def _db_url(url: str, db: int) -> str:
@@ -228,7 +228,7 @@ def test_the_decision_is_kept_and_raised_again(setup, fresh_support):
     decider = Handoff()
     with app.producer_or_acquire() as producer:
         for _ in range(2):
-            with pytest.raises(HandoffUnsupported, match="5.8.1"):
+            with pytest.raises(HandoffUnsupported, match=r"5\.8\.1"):
                 decider.broker_db(producer, store)
 
 
@@ -238,9 +238,8 @@ def test_a_channel_without_the_hook_refuses(setup, fresh_support):
     fresh_support.delattr(Channel, "create_publish_batch")
     assert "create_publish_batch is missing" in capture_support(Channel).problem
     app, store, queue = setup()
-    with app.producer_or_acquire() as producer:
-        with pytest.raises(HandoffUnsupported, match="create_publish_batch"):
-            Handoff().broker_db(producer, store)
+    with app.producer_or_acquire() as producer, pytest.raises(HandoffUnsupported, match="create_publish_batch"):
+        Handoff().broker_db(producer, store)
     assert store.client.llen(queue) == 0
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import subtitle_tasks
 from subtitle_tasks import InvalidSubtitleRequest, request_subtitles
-from tests.support.harness import TOKEN
 from tests.support.callbacks import record
+from tests.support.harness import TOKEN
 
 
 def ask(upload_id, tag=None, language="it-IT", **kwargs):
@@ -195,7 +195,7 @@ def test_request_through_init_app_on_a_foreign_app(harness_factory):
     request_subtitles("video-foreign", "it-IT",
                       on_ready=signature("foreign.publish_video", args=(42,)))
     published = _published(h)
-    assert len(published) == 1 and published[0].startswith(b"42:"), published + [h.workers[0].log()[-2000:]]
+    assert len(published) == 1 and published[0].startswith(b"42:"), [*published, h.workers[0].log()[-2000:]]
 
 
 def _published(h, timeout=30):

@@ -8,10 +8,12 @@ as the dispatcher would hand it out then) and checks the recorded state.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
+from subtitle_tasks import repost, schedule
 from subtitle_tasks.datocms import exceptions as api
 from subtitle_tasks.datocms.resources import UploadTrack
 from subtitle_tasks.pipeline import Pipeline
@@ -153,9 +155,14 @@ class FakeClock:
 
 
 class Env:
-    def __init__(self, rng: Callable[[], float] = lambda: 1.0) -> None:
+    def __init__(self, rng: Callable[[], float] = lambda: 1.0, visible_within: float | None = 1.0) -> None:
         self.clock = FakeClock()
         self.store = MemoryStore(clock=self.clock)
+        # A fleet that has learnt how soon new tracks show (repost.py), so an accepted POST
+        # is probed only on the rng's one-in-twenty; None: a cold fleet, which probes every one.
+        if visible_within is not None:
+            for _ in range(12):
+                self.store.record_timing("", repost.VISIBLE, visible_within, schedule.DECAY)
         self.client = FakeDatoCMS()
         self.notified: list[str] = []
         self.settings = load_settings({"poll_initial": POLL_INITIAL, "poll_max": POLL_MAX, "lease": LEASE,
@@ -249,7 +256,7 @@ def test_both_body_types_refused_is_invalid_request(env):
 def test_cancelled_during_the_snapshot_is_not_posted(env):
     gid = env.request()
     env.client.on_list = lambda: env.store.cancel("r1", {"code": "cancelled", "message": "test"})
-    assert env.step(gid) == "finished"
+    assert env.step(gid) == "not-posted"
     assert env.client.count("post") == 0
     assert env.notified == []  # the cancel path sends its own callback
 
@@ -692,3 +699,68 @@ def test_sandbox_refusal_ends_with_sandbox_immutable(env):
     assert result["code"] == "sandbox_immutable"
     assert result["api_code"] == "IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT" and result["api_status"] == 422
     assert env.client.count("post") == 1  # never retried with the other body type
+
+
+# -- learning how soon a POST's track shows (repost.py) ---------------------------------------
+
+def test_a_cold_fleet_looks_for_each_accepted_posts_track_and_learns_how_soon_it_showed():
+    env = Env(visible_within=None)
+    gid = env.request()
+    env.client.posts.append("job-1")
+    env.client.on_post = lambda: env.client.tracks.setdefault("u1", []).append(track("new-it", status="preparing"))
+    assert env.step(gid) == "submitted"
+    assert [c[0] for c in env.client.calls] == ["tracks", "post", "tracks"]  # snapshot, POST, probe
+    assert not env.gen(gid).visibility_probe  # seen: nothing pending
+    stats = env.store.timing_stats("", repost.VISIBLE)
+    assert schedule.weight(stats) == pytest.approx(1.0) and schedule.quantile(stats, 1.0) < 1.0
+
+
+def test_a_probe_that_does_not_see_the_track_records_the_jobs_end_as_an_upper_bound():
+    env = Env(visible_within=None)
+    gid = env.request()
+    env.client.posts.append("job-1")
+    assert env.step(gid) == "submitted"
+    assert env.gen(gid).visibility_probe
+    env.client.jobs.extend([None, track("new-it", status="preparing")])
+    env.step(gid)
+    assert env.step(gid) == "track-preparing"
+    gen = env.gen(gid)
+    assert not gen.visibility_probe
+    stats = env.store.timing_stats("", repost.VISIBLE)
+    assert schedule.weight(stats) == pytest.approx(1.0)
+    assert schedule.quantile(stats, 1.0) >= (gen.phase_clock[0] - START) * 0.85  # POST to job end, bucketed
+
+
+def test_a_warm_fleet_probes_one_post_in_twenty():
+    for draw, probes in ((0.01, 1), (0.5, 0)):
+        env = Env(rng=lambda draw=draw: draw)
+        env.submitted()
+        assert env.client.count("tracks") == 1 + probes
+
+
+def test_a_lost_answer_is_sent_again_after_the_learned_wait_not_the_fixed_grace():
+    env = Env(visible_within=40.0)  # this site's new tracks have shown within ~40 s of their POST
+    env.settings = load_settings({"poll_initial": POLL_INITIAL, "poll_max": POLL_MAX, "lease": LEASE,
+                                  "http_timeout": 10, "submit_grace": 300}, environ={})
+    env.pipeline = Pipeline(env.settings, env.store, lambda site: env.client, env.notified.append,
+                            rng=lambda: 1.0)
+    wait = env.pipeline._repost_after("")
+    assert 2 * 40.0 <= wait <= 2 * 40.0 * 1.2  # the margin over the learned bound, far below 300 s
+    gid = ambiguous(env, read_timeout())
+    env.clock.t = START + wait - 1
+    assert env.step(gid) == "reconciling"
+    env.clock.t = START + wait + 1
+    env.client.posts.append("job-2")
+    assert env.step(gid) == "submitted"
+    assert env.client.count("post") == 2
+
+
+def test_an_adopted_track_counts_as_evidence_too():
+    env = Env(visible_within=None)
+    gid = ambiguous(env, read_timeout())
+    before = schedule.weight(env.store.timing_stats("", repost.VISIBLE))
+    env.clock.t = START + 25
+    env.client.tracks["u1"].append(track("new-it", status="preparing"))
+    assert env.step(gid) == "track-preparing"
+    stats = env.store.timing_stats("", repost.VISIBLE)
+    assert schedule.weight(stats) == pytest.approx(before * schedule.DECAY + 1)

@@ -101,7 +101,7 @@ def test_publish_then_settle_never_resends_a_sibling_already_sent(redis_server, 
 
 
 def test_an_outage_is_not_counted_against_the_callback(redis_server, broker_app, monkeypatch):
-    app, queue = broker_app(_db_url(redis_server.url, 0))
+    app, _ = broker_app(_db_url(redis_server.url, 0))
     store = _store(_db_url(redis_server.url, 0))
     rid = _finishing_request(store, on_ready=[dict(app.signature("tests.record", args=("ready", "t")))])
 

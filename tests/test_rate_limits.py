@@ -452,7 +452,8 @@ def test_redis_uses_server_time_not_the_workers_clocks(client):
     backend = RedisBackend(client)
     key = key_for_token("test-token")
     skewed = [
-        SharedRateLimiter(backend, key, limit=4, window=1.0, max_wait=0, clock=lambda offset=offset: time.time() + offset)
+        SharedRateLimiter(backend, key, limit=4, window=1.0, max_wait=0,
+                          clock=lambda offset=offset: time.time() + offset)
         for offset in (-3600.0, 0.0, 7200.0, -1e9)
     ]
     for limiter in skewed:

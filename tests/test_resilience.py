@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -105,10 +106,8 @@ def rabbitmq_broker():
     with Connection(RABBITMQ) as conn:
         channel = conn.default_channel
         for name in (queue, f"callbacks-{queue}"):
-            try:
+            with contextlib.suppress(Exception):
                 channel.queue_delete(name)
-            except Exception:
-                pass
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])

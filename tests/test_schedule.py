@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -113,8 +114,8 @@ def test_cold_start_is_the_capped_exponential_schedule():
         for attempt in range(8):
             for draw in (0.0, 0.3, 1.0):
                 got = schedule.next_delay(stats, 123.0, attempt, poll_cost=1.0, initial=1.0, maximum=60.0,
-                                          rng=lambda: draw)
-                assert got == capped_exponential(attempt, 1.0, 60.0, rng=lambda: draw)
+                                          rng=lambda draw=draw: draw)
+                assert got == capped_exponential(attempt, 1.0, 60.0, rng=lambda draw=draw: draw)
     # A caller may name its own first delay (the pipeline's first job poll: poll_initial).
     assert schedule.next_delay(None, 0.0, 0, poll_cost=1.0, initial=1.0, maximum=60.0, cold=1.0) == 1.0
 
@@ -145,9 +146,9 @@ def test_past_the_tail_the_gaps_grow_geometrically_up_to_the_maximum():
     stats = learned(uniform(20, 30))
     polls = times(stats, maximum=60.0, horizon=1000)
     tail = [t for t in polls if t > 31 * schedule.RATIO]
-    gaps = [b - a for a, b in zip(tail, tail[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(tail)]
     assert gaps[0] == pytest.approx((schedule.GROWTH - 1) * tail[0], rel=1e-6)
-    assert all(b >= a - 1e-9 for a, b in zip(gaps, gaps[1:]))
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(gaps))
     assert gaps[-1] == 60.0
 
 
@@ -159,8 +160,8 @@ def test_gaps_are_never_below_the_minimum_nor_above_the_maximum(durations, initi
     for d in durations:
         stats = schedule.update(stats, d)
     maximum = 60 * initial
-    polls = [0.0] + times(stats, cost=cost * initial, initial=initial, maximum=maximum, horizon=6000 * initial)
-    gaps = [b - a for a, b in zip(polls, polls[1:])]
+    polls = [0.0, *times(stats, cost=cost * initial, initial=initial, maximum=maximum, horizon=6000 * initial)]
+    gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert gaps and min(gaps) >= initial - 1e-9 and max(gaps) <= maximum + 1e-9
 
 

@@ -12,8 +12,9 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import requests
@@ -615,7 +616,7 @@ def test_concurrent_posts_are_all_counted(datocms_simulator_factory) -> None:
         try:
             for _ in range(20):
                 assert post_generate(sim, f"upload-{worker % 2}", session=session).status_code == 202
-        except BaseException as error:  # noqa: BLE001 - reported below
+        except BaseException as error:  # reported below
             errors.append(error)
 
     threads = [threading.Thread(target=post_many, args=(worker,)) for worker in range(8)]
@@ -694,7 +695,7 @@ def test_context_manager_starts_and_stops() -> None:
         assert sim.url.startswith("http://127.0.0.1:")
         assert post_generate(sim).status_code == 202
     with pytest.raises(RuntimeError):
-        sim.url
+        _ = sim.url
 
 
 def test_factory_builds_configured_simulators(datocms_simulator_factory) -> None:
@@ -746,7 +747,7 @@ def test_cli_serves_until_sigterm() -> None:
 def test_cli_rejects_an_unknown_fault() -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "subtitle_tasks.testing.simulator", "--port", "0", "--fault", "meteor=1"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=15,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=15, check=False,
         env={**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"},
     )
     assert completed.returncode == 2

@@ -10,15 +10,26 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import redis
 
 from subtitle_tasks.local_redis import LocalRedis, RedisNotAvailable
 from subtitle_tasks.state import (
-    DONE, FAILED, FINISHING, JOB, OUTCOME_ERROR, OUTCOME_READY, READY, SUBMIT, TRACK, WAITING, Created, RedisStore,
+    DONE,
+    FAILED,
+    FINISHING,
+    JOB,
+    OUTCOME_ERROR,
+    OUTCOME_READY,
+    READY,
+    SUBMIT,
+    TRACK,
+    WAITING,
+    Created,
+    RedisStore,
 )
 from subtitle_tasks.state.base import LISTPACK_VALUE_MAX, join_field, split_field
 from subtitle_tasks.state.stub import MemoryStore
@@ -26,7 +37,8 @@ from subtitle_tasks.state.stub import MemoryStore
 TOL = 0.5  # seconds: room for the real clock to move between Redis calls
 RETENTION = 7 * 86400.0
 ON_READY = [{"task": "app.ready", "args": ["x"], "kwargs": {}, "options": {}, "subtask_type": None, "immutable": False}]
-ON_ERROR = [{"task": "app.error", "args": [], "kwargs": {"n": 1}, "options": {}, "subtask_type": None, "immutable": False}]
+ON_ERROR = [{"task": "app.error", "args": [], "kwargs": {"n": 1}, "options": {}, "subtask_type": None,
+             "immutable": False}]
 CANCELLED = {"code": "cancelled", "message": "cancelled by test"}
 
 
@@ -400,7 +412,7 @@ def test_polls_are_not_starved_by_a_flood_of_submissions(store):
     poll = overdue_polls(store, 1, site="a")  # comes due after all twenty
     claimed = store.claim_due(60, 4)
     assert poll[0] in [g for g, _ in claimed] and len(claimed) == 4
-    assert set(g for g, _ in claimed) <= set(fresh + poll)
+    assert {g for g, _ in claimed} <= set(fresh + poll)
 
 
 def test_the_half_one_kind_cannot_use_goes_to_the_other(store):
@@ -450,7 +462,7 @@ def test_repair_puts_each_generation_back_in_its_own_set(subject, store):
     assert store.counts()["scheduled"] == 1
     assert store.repair_orphans(batch=2) == 3
     assert store.scheduled_by_site() == before
-    assert sorted(claimed_ids(store)) == sorted(lost + [kept])
+    assert sorted(claimed_ids(store)) == sorted([*lost, kept])
     assert store.repair_orphans() == 0
 
 

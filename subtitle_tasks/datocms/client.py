@@ -27,8 +27,9 @@ import random
 import re
 import sys
 import time
+from collections.abc import Callable, Mapping
 from importlib import metadata
-from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 from urllib.parse import quote, urlencode, urlsplit
 
 import requests
@@ -65,12 +66,12 @@ from .resources import (
 )
 
 __all__ = [
+    "API_VERSION",
+    "BODY_TYPE_SUBTITLES_GENERATION",
+    "BODY_TYPE_UPLOAD_TRACK",
+    "DEFAULT_BASE_URL",
     "DatoCMSClient",
     "RateLimiter",
-    "DEFAULT_BASE_URL",
-    "API_VERSION",
-    "BODY_TYPE_UPLOAD_TRACK",
-    "BODY_TYPE_SUBTITLES_GENERATION",
 ]
 
 logger = logging.getLogger("subtitle_tasks.datocms")
@@ -315,7 +316,7 @@ def _read_some(raw: Any, size: int) -> bytes:
     trickles one byte at a time; a plain ``read(size)`` would block until
     ``size`` bytes arrived.
     """
-    read = getattr(raw, "read1", None) or raw.read
+    read: Callable[..., bytes] = getattr(raw, "read1", None) or raw.read
     if isinstance(raw, _URLLIB3_RESPONSE):
         # requests builds its urllib3 response with decode_content=False.
         return read(size, decode_content=True)
@@ -607,7 +608,7 @@ class DatoCMSClient:
         if self._owns_session:
             self._session.close()
 
-    def __enter__(self) -> "DatoCMSClient":
+    def __enter__(self) -> DatoCMSClient:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -740,7 +741,8 @@ class DatoCMSClient:
         parsed = self._redact(self._decode(content))
         if 200 <= status < 300:
             if parsed is _NOT_JSON:
-                raise self._protocol_error(method, path, _Answer(status, None, request_id), "success answer is not JSON")
+                raise self._protocol_error(method, path, _Answer(status, None, request_id),
+                                           "success answer is not JSON")
             return _Answer(status, parsed, request_id)
         raise self._error_from_response(method, path, response, len(content), parsed, request_id)
 

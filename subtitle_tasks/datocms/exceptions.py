@@ -39,21 +39,21 @@ from typing import Any
 
 __all__ = [
     "DatoCMSError",
-    "RetryableError",
-    "RateLimited",
-    "ServerError",
-    "UnexpectedServerError",
-    "ProtocolError",
-    "TransientAPIError",
-    "NetworkError",
-    "PermanentError",
+    "Forbidden",
     "InvalidRequest",
     "InvalidType",
-    "SandboxImmutable",
-    "Unauthorized",
-    "Forbidden",
-    "NotFound",
     "JobFailed",
+    "NetworkError",
+    "NotFound",
+    "PermanentError",
+    "ProtocolError",
+    "RateLimited",
+    "RetryableError",
+    "SandboxImmutable",
+    "ServerError",
+    "TransientAPIError",
+    "Unauthorized",
+    "UnexpectedServerError",
 ]
 
 
@@ -115,7 +115,7 @@ class DatoCMSError(Exception):
             f"code={self.code!r}, request_id={self.request_id!r})"
         )
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[type[DatoCMSError], tuple[str], dict[str, Any]]:
         # Exception's default pickling replays ``cls(*self.args)`` and loses
         # keyword-only attributes; rebuild from the message and restore the
         # instance dict instead.

@@ -9,19 +9,20 @@ Malformed input raises :class:`MalformedResource`, a ``ValueError``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = [
-    "MalformedResource",
+    "TRACK_STATUSES",
     "ApiErrorEntry",
-    "UploadTrack",
     "JobResult",
+    "MalformedResource",
     "Upload",
+    "UploadTrack",
     "parse_api_errors",
     "parse_job_result",
-    "TRACK_STATUSES",
 ]
 
 #: Track statuses documented by DatoCMS.  Others are accepted (the API is
@@ -163,7 +164,7 @@ class UploadTrack:
         return self.status == "preparing"
 
     @classmethod
-    def from_resource(cls, obj: Any, *, upload_id: str | None = None) -> "UploadTrack":
+    def from_resource(cls, obj: Any, *, upload_id: str | None = None) -> UploadTrack:
         """Build from a JSON:API ``upload_track`` object.
 
         ``upload_id`` is read from ``relationships.upload.data.id``; the
@@ -337,7 +338,7 @@ class Upload:
         return self.mux_playback_id is not None
 
     @classmethod
-    def from_resource(cls, obj: Any) -> "Upload":
+    def from_resource(cls, obj: Any) -> Upload:
         """Build from a JSON:API ``upload`` object.
 
         Raises :class:`MalformedResource` when it is not an ``upload``, lacks an id,

@@ -17,8 +17,9 @@ Request states::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, TypedDict
 
 # Generation phases
 SUBMIT, JOB, TRACK, DONE = "submit", "job", "track", "done"
@@ -48,7 +49,7 @@ def sizes_by_site(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 GENERATION_FIELDS = {
     "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
     "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type", "last_error": "last_error",
-    "phase_clock": "pclock",
+    "phase_clock": "pclock", "visibility_probe": "vprobe",
 }
 
 
@@ -67,16 +68,19 @@ def encode_value(value: Any) -> str:
 
 def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
     """Store.advance's keyword arguments as hash fields."""
-    out = {}
+    out: dict[str, str] = {}
     for attr, value in fields.items():
+        stored: object = value
         if attr == "known_tracks":
-            value = ",".join(value or ())  # any sequence of ids, never JSON
+            stored = ",".join(value or ())  # any sequence of ids, never JSON
         elif attr == "phase_clock":
             # (start, seconds into the phase of the latest poll), ~22 bytes: milliseconds are plenty
-            value = f"{value[0]:.3f},{value[1]:.3f}" if value else None
+            stored = f"{value[0]:.3f},{value[1]:.3f}" if value else None
+        elif attr == "visibility_probe":
+            stored = "1" if value else None  # post evidence (repost.py): present only while pending
         elif attr in ("attempts", "errors") and value == 0:
-            value = None  # stored as absent, read back as 0: bytes matter at 100,000 waiting
-        out[GENERATION_FIELDS[attr]] = encode_value(value)
+            stored = None  # stored as absent, read back as 0: bytes matter at 100,000 waiting
+        out[GENERATION_FIELDS[attr]] = encode_value(stored)
     return out
 
 
@@ -101,7 +105,9 @@ def split_field(name: str, value: str, limit: int = LISTPACK_VALUE_MAX) -> dict[
     """A long value as fields ``name.0``, ``name.1``... of at most ``limit`` UTF-8 bytes each."""
     if len(value.encode()) <= limit:
         return {name: value}
-    parts, current, size = [], [], 0
+    parts: list[str] = []
+    current: list[str] = []
+    size = 0
     for char in value:  # whole characters only: each part must decode on its own
         width = len(char.encode())
         if size + width > limit:
@@ -117,7 +123,7 @@ def join_field(raw: dict[str, str], name: str) -> str | None:
     """What :func:`split_field` split (or a value stored whole), or None."""
     if name in raw:
         return raw[name]
-    parts = []
+    parts: list[str] = []
     while f"{name}.{len(parts)}" in raw:
         parts.append(raw[f"{name}.{len(parts)}"])
     return "".join(parts) if parts else None
@@ -157,19 +163,22 @@ class Generation:
     body_type: str | None
     last_error: str | None  # the latest retryable failure, for the deadline message
     outcome: str | None
-    result: dict | None
+    result: dict[str, Any] | None
     subscribers: tuple[str, ...]
     # When the current phase's clock started (store time) and how far into it the latest
     # poll was, for the learned schedule (schedule.py); None for a generation written
     # before it existed, which then polls on the cold schedule.
     phase_clock: tuple[float, float] | None = None
+    # post evidence (repost.py): this generation's POST was probed and its track not yet
+    # seen, so its job's end records how long the track took to show, as an upper bound.
+    visibility_probe: bool = False
 
     @property
     def expired(self) -> bool:
         return self.now >= self.deadline
 
     @classmethod
-    def from_hash(cls, generation_id: str, now: float, raw: dict[str, str]) -> "Generation":
+    def from_hash(cls, generation_id: str, now: float, raw: dict[str, str]) -> Generation:
         known = raw.get("known_tracks")
         result = raw.get("result")
         return cls(
@@ -196,6 +205,7 @@ class Generation:
             result=json.loads(result) if result else None,
             subscribers=tuple(s for s in raw.get("subs", "").split(",") if s),
             phase_clock=_pair(raw.get("pclock")),
+            visibility_probe=raw.get("vprobe") == "1",
         )
 
 
@@ -210,15 +220,15 @@ class RequestRecord:
     created: float
     deadline: float
     finished: float | None
-    on_ready: list[dict]
-    on_error: list[dict]
-    error: dict | None  # set for a request-level end (cancel); otherwise the generation's result rules
+    on_ready: list[dict[str, Any]]
+    on_error: list[dict[str, Any]]
+    error: dict[str, Any] | None  # set for a request-level end (cancel); otherwise the generation's result rules
     notify_failures: int = 0  # failed attempts to hand its callbacks to the broker
     sent: int = 0  # callbacks already published (publish-then-settle path), skipped by a retry
-    undelivered: tuple[dict, ...] = ()  # callbacks given up on: {"index", "reason"}
+    undelivered: tuple[dict[str, Any], ...] = ()  # callbacks given up on: {"index", "reason"}
 
     @classmethod
-    def from_hash(cls, request_id: str, raw: dict[str, str]) -> "RequestRecord":
+    def from_hash(cls, request_id: str, raw: dict[str, str]) -> RequestRecord:
         error = raw.get("error")
         return cls(
             id=request_id,
@@ -253,13 +263,25 @@ class BrokerWrites:
     index: int = 0  # which of the request's callbacks these writes queue
 
 
-def writes_groups(broker_writes: "BrokerWrites | Sequence[BrokerWrites] | None") -> list[BrokerWrites]:
+def writes_groups(broker_writes: BrokerWrites | Sequence[BrokerWrites] | None) -> list[BrokerWrites]:
     """settle()'s broker writes as a list with one entry per callback."""
     if broker_writes is None:
         return []
     if isinstance(broker_writes, BrokerWrites):
         return [broker_writes]
     return list(broker_writes)
+
+
+class RequestRow(TypedDict):
+    """One request as ``Store.list_requests`` lists it; a field missing from its record is None."""
+
+    request_id: str
+    state: str
+    upload_id: str | None
+    language_code: str | None
+    generation_id: str | None
+    created_at: str | None
+    finished_at: str | None
 
 
 @dataclass(frozen=True)
@@ -275,8 +297,9 @@ class Store(Protocol):
     """Everything the pipeline persists. Each method is one atomic step."""
 
     def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
-                       name: str | None, environment: str | None, on_ready: list[dict], on_error: list[dict],
-                       ttl: float, fingerprint: str = "", max_joins: int = 0, site: str = "") -> Created: ...
+                       name: str | None, environment: str | None, on_ready: list[dict[str, Any]],
+                       on_error: list[dict[str, Any]], ttl: float, fingerprint: str = "", max_joins: int = 0,
+                       site: str = "") -> Created: ...
 
     def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
         """Up to ``limit`` due steps as (generation, phase), each leased ``lease`` seconds.
@@ -288,18 +311,19 @@ class Store(Protocol):
         """
     def release(self, generation_id: str) -> None: ...
     def load_generation(self, generation_id: str) -> Generation | None: ...
-    def advance(self, generation_id: str, delay: float, **fields: Any) -> bool: ...
-    def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]: ...
+    def advance(self, generation_id: str, delay: float, fence: tuple[str, str] | None = None,
+                **fields: Any) -> bool: ...
+    def finish(self, generation_id: str, outcome: str, result: dict[str, Any]) -> list[str]: ...
     def load_request(self, request_id: str) -> RequestRecord | None: ...
-    def cancel(self, request_id: str, error: dict) -> str: ...
+    def cancel(self, request_id: str, error: dict[str, Any]) -> str: ...
     def settle(self, request_id: str, final_state: str,
                broker_writes: BrokerWrites | Sequence[BrokerWrites] | None = None,
-               undelivered: Sequence[dict] = (), give_up: bool = False) -> bool: ...
+               undelivered: Sequence[dict[str, Any]] = (), give_up: bool = False) -> bool: ...
     def notify_failed(self, request_id: str) -> int: ...
     def mark_sent(self, request_id: str, count: int) -> bool: ...
     def claim_finishing(self, stale: float, limit: int) -> list[str]: ...
     def repair_orphans(self, batch: int = 500) -> int: ...
-    def lock(self, name: str, ttl: float) -> str | None: ...
+    def lock(self, name: str, ttl: float, owner: str = "") -> str | None: ...
     def unlock(self, name: str, token: str) -> None: ...
     def extend_lock(self, name: str, token: str, ttl: float) -> bool: ...
     def preferred_body_type(self, site: str = "") -> str | None: ...
@@ -315,12 +339,12 @@ class Store(Protocol):
     def recent_outcomes(self, minutes: int = 60) -> dict[str, int]: ...
     def schedule_stats(self, overdue_after: float) -> dict[str, Any]: ...
     def list_requests(self, state: str | None = None, upload_id: str | None = None,
-                      limit: int = 50) -> list[dict[str, str]]: ...
+                      limit: int = 50) -> list[RequestRow]: ...
 
     # -- sweep cursor (subtitle_tasks/sweep.py) ----------------------------------------
-    def sweep_cursor(self, site: str = "") -> dict | None:
+    def sweep_cursor(self, site: str = "") -> dict[str, Any] | None:
         """Where a site's sweeps got to ("" the default site); None if none was kept."""
-    def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
+    def save_sweep_cursor(self, site: str, cursor: dict[str, Any], ttl: float) -> None:
         """Replace a site's sweep cursor (a JSON object), kept ``ttl`` seconds."""
 
     # -- learned poll timing (subtitle_tasks/schedule.py) --------------------------------
@@ -336,3 +360,18 @@ class Store(Protocol):
     def watch_holds(self, worker: str) -> dict[str, str]: ...
     def watch_release(self, worker: str, task_id: str, tag: str) -> bool: ...
     def watch_forget(self, worker: str, stale: float | None = None) -> bool: ...
+
+    # -- step watch (subtitle_tasks/step_watch.py) -------------------------------------
+    def step_beat(self, worker: str) -> bool: ...
+    def step_hold(self, worker: str, generation_id: str, received_at: float) -> None: ...
+    def step_unhold(self, worker: str, generation_id: str) -> None: ...
+    def step_holds(self, worker: str) -> list[str]: ...
+    def release_dead_steps(self, stale: float, limit: int = 100) -> tuple[int, list[str]]: ...
+    def release_worker_steps(self, worker: str) -> int: ...
+    def release_lost_steps(self, worker: str, generation_ids: Sequence[str]) -> int: ...
+
+    # -- once marks (once.py)
+    def once_done(self, task_id: str) -> bool:
+        """Whether ``task_id`` ran to the end under OnceTask (``mark_once``, not yet expired)."""
+    def mark_once(self, task_id: str, ttl: float) -> None:
+        """Record that ``task_id`` ran to the end, kept ``ttl`` seconds."""

@@ -31,15 +31,26 @@ server's clock.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import redis
 
 from .base import (
-    BrokerWrites, Created, Generation, RequestRecord, encode_generation_fields, encode_value as _encode, lock_millis,
-    dedup_field, sizes_by_site, split_field, writes_groups,
+    BrokerWrites,
+    Created,
+    Generation,
+    RequestRecord,
+    RequestRow,
+    dedup_field,
+    encode_generation_fields,
+    lock_millis,
+    sizes_by_site,
+    split_field,
+    writes_groups,
 )
+from .base import encode_value as _encode
 
 # Functions some scripts share, loaded in front of them (Lua scripts cannot include).
 _PREAMBLES = {"finish": "_generation_end.lua", "cancel": "_generation_end.lua"}
@@ -157,11 +168,11 @@ def schedule_keys(prefix: str, site: str = "") -> tuple[str, str]:
     return f"{prefix}:submit{suffix}", f"{prefix}:due{suffix}"
 
 
-def _text(value: Any) -> str:
+def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _pairs(flat: list) -> dict[str, str]:
+def _pairs(flat: Sequence[object]) -> dict[str, str]:
     return {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
 
 
@@ -187,8 +198,10 @@ class RedisStore:
         return self._scripts[name](args=[self.prefix, *args])
 
     # -- the edge ---------------------------------------------------------------------
-    def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
-                       on_ready, on_error, ttl, fingerprint="", max_joins=0, site="") -> Created:
+    def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
+                       name: str | None, environment: str | None, on_ready: list[dict[str, Any]],
+                       on_error: list[dict[str, Any]], ttl: float, fingerprint: str = "", max_joins: int = 0,
+                       site: str = "") -> Created:
         """One atomic create (create.lua); ``max_joins`` 0 means no cap on subscribers."""
         dedup = dedup_field(site, environment, upload_id, language_code)
         callback_fields: list[str] = []
@@ -211,7 +224,7 @@ class RedisStore:
             return None
         return RequestRecord.from_hash(request_id, {_text(k): _text(v) for k, v in raw.items()})
 
-    def cancel(self, request_id: str, error: dict) -> str:
+    def cancel(self, request_id: str, error: dict[str, Any]) -> str:
         return _text(self._run("cancel", request_id, _encode(error), self.retention))
 
     # -- scheduling -------------------------------------------------------------------
@@ -225,7 +238,7 @@ class RedisStore:
 
     def release(self, generation_id: str) -> None:
         """Make a claimed generation due again now (its task could not be sent)."""
-        self._run("advance", generation_id, 0)
+        self.advance(generation_id, 0)
 
     def repair_orphans(self, batch: int = 500) -> int:
         repaired = 0
@@ -233,13 +246,14 @@ class RedisStore:
             repaired += int(self._repair(args=[self.prefix, *chunk]))
         return repaired
 
-    def _scan_active(self, batch: int):
+    def _scan_active(self, batch: int) -> Iterator[list[str]]:
         """Generations in flight as flat (site hint, generation id) pairs, a batch at a time."""
         cursor = 0
         while True:
             cursor, entries = self.client.hscan(f"{self.prefix}:active", cursor, count=batch)
+            assert isinstance(entries, dict)  # HSCAN without NOVALUES: field -> value
             if entries:
-                flat = []
+                flat: list[str] = []
                 for field, gid in entries.items():
                     site, sep, _ = _text(field).partition("#")  # dedup_field: [site#]env|upload|language
                     flat += [site if sep else "", _text(gid)]
@@ -255,18 +269,19 @@ class RedisStore:
             return None
         return Generation.from_hash(generation_id, now, raw)
 
-    def advance(self, generation_id: str, delay: float, **fields: Any) -> bool:
-        args: list[str] = []
+    def advance(self, generation_id: str, delay: float, fence: tuple[str, str] | None = None, **fields: Any) -> bool:
+        """Record a step's outcome; with ``fence`` (lock name, token) only while that token holds the lock."""
+        args: list[str] = list(fence or ("", ""))
         for name, value in encode_generation_fields(fields).items():
             args += [name, value]
         return bool(int(self._run("advance", generation_id, max(0.0, delay), *args)))
 
-    def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:
+    def finish(self, generation_id: str, outcome: str, result: dict[str, Any]) -> list[str]:
         return [_text(r) for r in self._run("finish", generation_id, outcome, _encode(result), self.retention)]
 
     def settle(self, request_id: str, final_state: str,
                broker_writes: BrokerWrites | Sequence[BrokerWrites] | None = None,
-               undelivered: Sequence[dict] = (), give_up: bool = False) -> bool:
+               undelivered: Sequence[dict[str, Any]] = (), give_up: bool = False) -> bool:
         """finishing -> final_state; ``broker_writes`` (callback messages) land in the same transaction.
 
         With ``give_up`` a callback whose writes fail the script's checks is left out and
@@ -295,9 +310,12 @@ class RedisStore:
         return [_text(r) for r in self._run("claim_finishing", stale, limit)]
 
     # -- coordination -----------------------------------------------------------------
-    def lock(self, name: str, ttl: float) -> str | None:
-        """Take ``P:lock:{name}`` for ``ttl`` seconds; the token proves ownership."""
-        token = uuid.uuid4().hex
+    def lock(self, name: str, ttl: float, owner: str = "") -> str | None:
+        """Take ``P:lock:{name}`` for ``ttl`` seconds; the token proves ownership.
+
+        With ``owner`` (a worker id) the token is ``owner/...``, so the step watch can
+        break the locks of a worker that died (step_release.lua)."""
+        token = f"{owner}/{uuid.uuid4().hex}" if owner else uuid.uuid4().hex
         if self.client.set(f"{self.prefix}:lock:{name}", token, nx=True, px=lock_millis(ttl)):
             return token
         return None
@@ -374,20 +392,20 @@ class RedisStore:
         return {"now": now, "schedules": rows}
 
     def list_requests(self, state: str | None = None, upload_id: str | None = None,
-                      limit: int = 50) -> list[dict[str, str]]:
+                      limit: int = 50) -> list[RequestRow]:
         """Requests by state and upload, newest settled first, from indexes only.
 
         In flight: the active index (HSCAN, filtered by upload), then each generation's
         subscribers. Finishing: its sorted set. Settled: the last 10,000 (P:recent).
         """
         wanted_states = {state} if state else None
-        rows: list[dict[str, str]] = []
+        rows: list[RequestRow] = []
 
         def take(ids: list[str]) -> bool:
             pipe = self.client.pipeline(transaction=False)
             for rid in ids:
                 pipe.hmget(f"{self.prefix}:req:{rid}", "state", "upload", "lang", "gen", "created", "finished")
-            for rid, values in zip(ids, pipe.execute()):
+            for rid, values in zip(ids, pipe.execute(), strict=True):  # one reply per HMGET
                 st, upload, lang, gen, created, finished = (_text(v) if v is not None else None for v in values)
                 if st is None or (wanted_states and st not in wanted_states) or (upload_id and upload != upload_id):
                     continue
@@ -402,6 +420,7 @@ class RedisStore:
             cursor = 0
             while True:
                 cursor, entries = self.client.hscan(f"{self.prefix}:active", cursor, match=match, count=1000)
+                assert isinstance(entries, dict)  # HSCAN without NOVALUES: field -> value
                 gids = [_text(v) for v in entries.values()]
                 if gids:
                     pipe = self.client.pipeline(transaction=False)
@@ -412,9 +431,9 @@ class RedisStore:
                         return rows
                 if cursor == 0:
                     break
-        if state in (None, "finishing"):
-            if take([_text(r) for r in self.client.zrange(f"{self.prefix}:finishing", 0, 999)]):
-                return rows
+        if state in (None, "finishing") and take(
+                [_text(r) for r in self.client.zrange(f"{self.prefix}:finishing", 0, 999)]):
+            return rows
         if state in (None, "ready", "failed"):
             start = 0
             while start < 10000:
@@ -430,7 +449,7 @@ class RedisStore:
     def _sweep_key(self, site: str) -> str:
         return f"{self.prefix}:sweep:{site}" if site else f"{self.prefix}:sweep"
 
-    def sweep_cursor(self, site: str = "") -> dict | None:
+    def sweep_cursor(self, site: str = "") -> dict[str, Any] | None:
         import json  # local: this region is edited apart from the module's imports
 
         raw = self.client.get(self._sweep_key(site))
@@ -440,7 +459,7 @@ class RedisStore:
             return None  # unreadable: the next sweep starts over, which is safe
         return cursor if isinstance(cursor, dict) else None
 
-    def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
+    def save_sweep_cursor(self, site: str, cursor: dict[str, Any], ttl: float) -> None:
         import json
 
         self.client.set(self._sweep_key(site), json.dumps(cursor, separators=(",", ":")), px=lock_millis(ttl))
@@ -513,3 +532,52 @@ class RedisStore:
     def watch_forget(self, worker: str, stale: float | None = None) -> bool:
         """Remove a worker's registration and holds (with ``stale``: only if still silent and holding nothing)."""
         return bool(int(self._watch("watch_forget", worker, "" if stale is None else repr(float(stale)))))
+
+    # -- step watch (subtitle_tasks/step_watch.py) -------------------------------------
+    # Keys: P:stepworkers zset (worker -> last heartbeat), P:stephold:{w} hash
+    # (generation id -> when the worker received its step). Scripts step_*.lua.
+    def _step_script(self, name: str) -> Any:
+        scripts: dict[str, Any] = self.__dict__.setdefault("_step_scripts", {})
+        if name not in scripts:
+            scripts[name] = self.client.register_script(
+                (resources.files(__package__) / "scripts" / f"{name}.lua").read_text())
+        return scripts[name]
+
+    def step_beat(self, worker: str) -> bool:
+        """Worker ``worker`` is alive. True if it was registered already (False: first
+        beat, or a sweeper had presumed it dead and released its steps)."""
+        return bool(int(self._step_script("step_beat")(args=[self.prefix, worker, lock_millis(self.retention)])))
+
+    def step_hold(self, worker: str, generation_id: str, received_at: float) -> None:
+        """``worker`` has received (prefetched or started) ``generation_id``'s step."""
+        self.client.hset(f"{self.prefix}:stephold:{worker}", generation_id, f"{received_at:.3f}")
+
+    def step_unhold(self, worker: str, generation_id: str) -> None:
+        self.client.hdel(f"{self.prefix}:stephold:{worker}", generation_id)
+
+    def step_holds(self, worker: str) -> list[str]:
+        return sorted(_text(gid) for gid in self.client.hkeys(f"{self.prefix}:stephold:{worker}"))
+
+    def release_dead_steps(self, stale: float, limit: int = 100) -> tuple[int, list[str]]:
+        """Workers silent for ``stale`` seconds: their held steps due now, their locks
+        broken, the workers forgotten. Returns (steps made due, workers forgotten)."""
+        out = self._step_script("step_release")(args=[self.prefix, "dead", repr(float(stale)), limit])
+        return int(out[0]), [_text(w) for w in out[1:]]
+
+    def release_worker_steps(self, worker: str) -> int:
+        """A worker that shut down: its remaining held steps due now, the worker forgotten."""
+        return int(self._step_script("step_release")(args=[self.prefix, "gone", worker])[0])
+
+    def release_lost_steps(self, worker: str, generation_ids: Sequence[str]) -> int:
+        """Steps ``worker``'s pool child died running: due now, locks broken, holds dropped."""
+        if not generation_ids:
+            return 0
+        out = self._step_script("step_release")(args=[self.prefix, "lost", worker, *generation_ids])
+        return int(out[0])
+
+    # -- once marks (once.py)
+    def once_done(self, task_id: str) -> bool:
+        return bool(self.client.exists(f"{self.prefix}:once:{task_id}"))
+
+    def mark_once(self, task_id: str, ttl: float) -> None:
+        self.client.set(f"{self.prefix}:once:{task_id}", 1, px=lock_millis(ttl))

@@ -19,13 +19,31 @@ import math
 import threading
 import time
 import uuid
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from .base import (
-    DONE, FINISHING, SCHEDULE_POLL, SCHEDULE_SUBMIT, SUBMIT, WAITING, BrokerWrites, Created, Generation,
-    RequestRecord, encode_generation_fields, dedup_field, encode_value as _encode, lock_millis, schedule_kind,
-    sizes_by_site, writes_groups,
+    DONE,
+    FINISHING,
+    SCHEDULE_POLL,
+    SCHEDULE_SUBMIT,
+    SUBMIT,
+    WAITING,
+    BrokerWrites,
+    Created,
+    Generation,
+    RequestRecord,
+    RequestRow,
+    dedup_field,
+    encode_generation_fields,
+    lock_millis,
+    schedule_kind,
+    sizes_by_site,
+    writes_groups,
 )
+from .base import encode_value as _encode
+
 
 def _stamp(t: float) -> str:
     # The Lua scripts write times with six decimals.
@@ -56,7 +74,7 @@ class _Keyspace:
         if ttl is not None:
             self._expires[key] = now + ttl
 
-    def expire(self, key: str, seconds: int, now: float) -> None:
+    def expire(self, key: str, seconds: float, now: float) -> None:
         """EXPIRE semantics: a TTL of zero or less deletes the key at once."""
         if key not in self._values:
             return
@@ -72,6 +90,16 @@ class _Keyspace:
     def sweep(self, now: float) -> None:
         for key in [k for k, when in self._expires.items() if now > when]:
             self.delete(key)
+
+
+@dataclass
+class _SiteClaim:
+    """One site's share of a claim in progress (claim_due.lua keeps the same per site)."""
+
+    site: str
+    budget: int  # steps it may still hand out in this claim
+    got: int = 0  # steps handed out so far
+    ran_out: bool = False  # its due entries are all taken
 
 
 class MemoryStore:
@@ -109,10 +137,12 @@ class MemoryStore:
         return now
 
     def _gen(self, gid: str, now: float) -> dict[str, str] | None:
-        return self._keys.get(f"gen:{gid}", now)
+        gen: dict[str, str] | None = self._keys.get(f"gen:{gid}", now)  # "gen:" keys hold hashes
+        return gen
 
     def _req(self, rid: str, now: float) -> dict[str, str] | None:
-        return self._keys.get(f"req:{rid}", now)
+        req: dict[str, str] | None = self._keys.get(f"req:{rid}", now)  # "req:" keys hold hashes
+        return req
 
     def _state(self, rid: str, now: float) -> str | None:
         req = self._req(rid, now)
@@ -145,8 +175,10 @@ class MemoryStore:
         return [member for _, member in chosen]
 
     # -- the edge ---------------------------------------------------------------------
-    def create_request(self, *, request_id, generation_id, upload_id, language_code, name, environment,
-                       on_ready, on_error, ttl, fingerprint="", max_joins=0, site="") -> Created:
+    def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
+                       name: str | None, environment: str | None, on_ready: list[dict[str, Any]],
+                       on_error: list[dict[str, Any]], ttl: float, fingerprint: str = "", max_joins: int = 0,
+                       site: str = "") -> Created:
         # ``ttl``: seconds from now until the request's deadline.
         dedup = dedup_field(site, environment, upload_id, language_code)
         on_ready_raw, on_error_raw = _encode(on_ready), _encode(on_error)
@@ -160,23 +192,26 @@ class MemoryStore:
             ends = now + float(ttl)
             gid = self._active.get(dedup)
             gen = self._gen(gid, now) if gid else None
-            joined = gen is not None and gen.get("phase") not in (None, DONE)
-            if joined and max_joins and len(_ids(gen["subs"])) >= max_joins:
-                return Created(gid, False, False, full=True)
-            if joined:
+            if gen is not None and gen.get("phase") in (None, DONE):
+                gen = None  # finished: nothing to join
+            joined = gen is not None
+            if gid and gen is not None:
+                if max_joins and len(_ids(gen["subs"])) >= max_joins:
+                    return Created(gid, False, False, full=True)
                 gen["subs"] = gen["subs"] + "," + request_id
                 if ends > float(gen["deadline"]):
                     gen["deadline"] = _stamp(ends)  # the generation lives as long as its longest wait
             else:
                 gid = generation_id
-                self._keys.set(f"gen:{gid}", {
+                new_gen = {
                     "upload": upload_id, "lang": language_code, "name": name or "", "env": environment or "",
                     "site": site or "",
                     "dedup": dedup, "phase": SUBMIT, "attempts": "0", "errors": "0",
                     "created": _stamp(now), "deadline": _stamp(ends), "due": _stamp(now), "subs": request_id,
-                }, now=now)
+                }
+                self._keys.set(f"gen:{gid}", new_gen, now=now)
                 self._active[dedup] = gid
-                self._schedule(gid, self._gen(gid, now), now)
+                self._schedule(gid, new_gen, now)
             self._keys.set(f"req:{request_id}", {
                 "gen": gid, "upload": upload_id, "lang": language_code, "state": WAITING,
                 "created": _stamp(now), "deadline": _stamp(ends), "on_ready": on_ready_raw, "on_error": on_error_raw,
@@ -189,13 +224,13 @@ class MemoryStore:
             raw = self._req(request_id, self._now())
             return RequestRecord.from_hash(request_id, dict(raw)) if raw else None
 
-    def cancel(self, request_id: str, error: dict) -> str:
+    def cancel(self, request_id: str, error: dict[str, Any]) -> str:
         error_raw = _encode(error)
         with self._lock:
             now = self._now()
             req = self._req(request_id, now)
             state = req.get("state") if req else None
-            if state != WAITING:
+            if req is None or state != WAITING:
                 return state or "unknown"
             req.update(state=FINISHING, outcome="error", error=error_raw)
             self._finishing[request_id] = now
@@ -223,7 +258,7 @@ class MemoryStore:
             due_now: dict[tuple[str, str], list[str]] = {}
             for gid in self._first_by_score(self._due, now, -1):
                 due_now.setdefault(self._slot[gid], []).append(gid)
-            sites = [""] + sorted({site for site, _ in (self._slot[g] for g in self._due) if site})
+            sites = ["", *sorted({site for site, _ in (self._slot[g] for g in self._due) if site})]
             turn = self._claim_turn
             out: list[tuple[str, str]] = []
 
@@ -258,34 +293,35 @@ class MemoryStore:
                 count, ends = self._paced.get(site, (0, -math.inf))
                 return 0 if now >= ends else count
 
-            active = []  # [site, budget, got, ran_out] in turn order
+            active: list[_SiteClaim] = []  # in turn order
             for i in range(len(sites)):
                 site = sites[(turn + i) % len(sites)]
                 budget = min(limit, pace - used(site)) if pace > 0 else limit
                 if budget > 0:
-                    active.append([site, budget, 0, False])
-            room, spent = limit, {}
+                    active.append(_SiteClaim(site, budget))
+            room = limit
+            spent: dict[str, _SiteClaim] = {}
             while room > 0 and active:
                 share, extra = divmod(room, len(active))
-                still = []
+                still: list[_SiteClaim] = []
                 for i, entry in enumerate(active):
-                    want = min(share + (1 if i < extra else 0), entry[1])
+                    want = min(share + (1 if i < extra else 0), entry.budget)
                     if want > 0:
-                        got, entry[3] = claim_site(entry[0], want)
-                        entry[1] -= got
-                        entry[2] += got
+                        got, entry.ran_out = claim_site(entry.site, want)
+                        entry.budget -= got
+                        entry.got += got
                         room -= got
-                    if entry[1] > 0 and not entry[3]:
+                    if entry.budget > 0 and not entry.ran_out:
                         still.append(entry)
-                    spent[entry[0]] = entry
+                    spent[entry.site] = entry
                 active = still
             if pace > 0:
-                for site, _, got, _ in spent.values():
-                    if got:
-                        count, ends = self._paced.get(site, (0, -math.inf))
+                for entry in spent.values():
+                    if entry.got:
+                        count, ends = self._paced.get(entry.site, (0, -math.inf))
                         if now >= ends:  # the first steps of a window start it (PEXPIRE on a fresh key)
                             count, ends = 0, now + max(1, int(window * 1000)) / 1000.0
-                        self._paced[site] = (count + got, ends)
+                        self._paced[entry.site] = (count + entry.got, ends)
             if out:
                 self._claim_turn += 1
             return out
@@ -313,10 +349,12 @@ class MemoryStore:
             # load.lua reports its clock with six decimals.
             return Generation.from_hash(generation_id, float(_stamp(now)), dict(raw)) if raw else None
 
-    def advance(self, generation_id: str, delay: float, **fields: Any) -> bool:
+    def advance(self, generation_id: str, delay: float, fence: tuple[str, str] | None = None, **fields: Any) -> bool:
         updates = encode_generation_fields(fields)
         with self._lock:
             now = self._now()
+            if fence is not None and self._keys.get(f"lock:{fence[0]}", now) != fence[1]:
+                return False  # the lock lapsed or was broken: not this holder's step any more
             gen = self._gen(generation_id, now)
             if gen is None or gen.get("phase") == DONE:
                 return False  # finished meanwhile: a cancel or another finisher won
@@ -330,7 +368,7 @@ class MemoryStore:
             self._schedule(generation_id, gen, due)  # into the other set when the phase moved on
             return True
 
-    def finish(self, generation_id: str, outcome: str, result: dict) -> list[str]:
+    def finish(self, generation_id: str, outcome: str, result: dict[str, Any]) -> list[str]:
         result_raw = _encode(result)
         with self._lock:
             now = self._now()
@@ -338,7 +376,7 @@ class MemoryStore:
             if gen is None or gen.get("phase") == DONE:
                 return []  # someone else finished it: only the first caller notifies
             self._end_generation(generation_id, gen, now, outcome=outcome, result=result_raw)
-            notify = []
+            notify: list[str] = []
             for rid in _ids(gen.get("subs", "")):
                 req = self._req(rid, now)
                 if req is not None and req.get("state") == WAITING:
@@ -349,7 +387,7 @@ class MemoryStore:
 
     def settle(self, request_id: str, final_state: str,
                broker_writes: BrokerWrites | Sequence[BrokerWrites] | None = None,
-               undelivered: Sequence[dict] = (), give_up: bool = False) -> bool:
+               undelivered: Sequence[dict[str, Any]] = (), give_up: bool = False) -> bool:
         with self._lock:
             now = self._now()
             self._finishing.pop(request_id, None)
@@ -391,14 +429,14 @@ class MemoryStore:
             return ids
 
     # -- coordination -----------------------------------------------------------------
-    def lock(self, name: str, ttl: float) -> str | None:
+    def lock(self, name: str, ttl: float, owner: str = "") -> str | None:
         """Take ``lock:{name}`` for ``ttl`` seconds (whole milliseconds, at least one)."""
         with self._lock:
             now = self._now()
             key = f"lock:{name}"
             if self._keys.get(key, now) is not None:
                 return None
-            token = uuid.uuid4().hex
+            token = f"{owner}/{uuid.uuid4().hex}" if owner else uuid.uuid4().hex
             self._keys.set(key, token, lock_millis(ttl) / 1000.0, now=now)
             return token
 
@@ -476,12 +514,14 @@ class MemoryStore:
             return {"now": now, "schedules": sorted(rows.values(), key=lambda r: (r["site"], r["kind"]))}
 
     def list_requests(self, state: str | None = None, upload_id: str | None = None,
-                      limit: int = 50) -> list[dict[str, str]]:
+                      limit: int = 50) -> list[RequestRow]:
         with self._lock:
             now = self._now()
-            in_flight = [rid for gid in self._active.values() for rid in _ids((self._gen(gid, now) or {}).get("subs", ""))]
+            in_flight = [rid for gid in self._active.values()
+                         for rid in _ids((self._gen(gid, now) or {}).get("subs", ""))]
             order = [*in_flight, *self._finishing, *self._recent]
-            rows, seen = [], set()
+            rows: list[RequestRow] = []
+            seen: set[str] = set()
             for rid in order:
                 req = self._req(rid, now)
                 if rid in seen or req is None:
@@ -497,7 +537,7 @@ class MemoryStore:
             return rows
 
     # -- sweep cursor (subtitle_tasks/sweep.py; RedisStore's P:sweep[:{site}]) ---------
-    def sweep_cursor(self, site: str = "") -> dict | None:
+    def sweep_cursor(self, site: str = "") -> dict[str, Any] | None:
         import json  # local: this region is edited apart from the module's imports
 
         with self._lock:
@@ -505,7 +545,7 @@ class MemoryStore:
         cursor = json.loads(raw) if raw else None
         return cursor if isinstance(cursor, dict) else None
 
-    def save_sweep_cursor(self, site: str, cursor: dict, ttl: float) -> None:
+    def save_sweep_cursor(self, site: str, cursor: dict[str, Any], ttl: float) -> None:
         import json
 
         raw = json.dumps(cursor, separators=(",", ":"))  # stored as text: a caller's dict stays its own
@@ -537,7 +577,7 @@ class MemoryStore:
 
     # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
     def _watch_workers(self, now: float) -> dict[str, float]:
-        workers = self._keys.get("cbworkers", now)
+        workers: dict[str, float] | None = self._keys.get("cbworkers", now)  # worker -> last beat
         if workers is None:
             workers = {}
             self._keys.set("cbworkers", workers, now=now)
@@ -602,3 +642,95 @@ class MemoryStore:
             self._keys.delete(f"cbworker:{worker}")
             self._keys.delete(f"cbhold:{worker}")
             return True
+
+    # -- step watch (subtitle_tasks/step_watch.py; step_*.lua's rules) -----------------
+    def _step_workers(self, now: float) -> dict[str, float]:
+        workers: dict[str, float] | None = self._keys.get("stepworkers", now)
+        if workers is None:
+            workers = {}
+            self._keys.set("stepworkers", workers, now=now)
+        return workers
+
+    def step_beat(self, worker: str) -> bool:
+        with self._lock:
+            now = self._now()
+            ttl = lock_millis(self.retention) / 1000.0
+            workers = self._step_workers(now)
+            known = worker in workers
+            workers[worker] = now
+            self._keys.expire("stepworkers", ttl, now)
+            self._keys.expire(f"stephold:{worker}", ttl, now)
+            return known
+
+    def step_hold(self, worker: str, generation_id: str, received_at: float) -> None:
+        with self._lock:
+            now = self._now()
+            holds = self._keys.get(f"stephold:{worker}", now)
+            if holds is None:
+                holds = {}
+                self._keys.set(f"stephold:{worker}", holds, now=now)
+            holds[generation_id] = f"{received_at:.3f}"
+
+    def step_unhold(self, worker: str, generation_id: str) -> None:
+        with self._lock:
+            holds = self._keys.get(f"stephold:{worker}", self._now())
+            if holds is not None:
+                holds.pop(generation_id, None)
+                if not holds:
+                    self._keys.delete(f"stephold:{worker}")
+
+    def step_holds(self, worker: str) -> list[str]:
+        with self._lock:
+            return sorted(self._keys.get(f"stephold:{worker}", self._now()) or {})
+
+    def _release_step(self, worker: str, gid: str, now: float) -> int:
+        token = self._keys.get(f"lock:gen:{gid}", now)
+        if isinstance(token, str) and token.startswith(worker + "/"):
+            self._keys.delete(f"lock:gen:{gid}")
+        gen = self._gen(gid, now)
+        if gen is None or gen.get("phase") in (None, DONE) or float(gen.get("due") or 0) > now:
+            return 0
+        score = self._due.get(gid)
+        if score is not None and score > now:
+            self._due[gid] = now
+            return 1
+        return 0
+
+    def _forget_step_worker(self, worker: str, now: float) -> int:
+        released = 0
+        for gid in list(self._keys.get(f"stephold:{worker}", now) or {}):
+            released += self._release_step(worker, gid, now)
+        self._keys.delete(f"stephold:{worker}")
+        self._step_workers(now).pop(worker, None)
+        return released
+
+    def release_dead_steps(self, stale: float, limit: int = 100) -> tuple[int, list[str]]:
+        with self._lock:
+            now = self._now()
+            dead = self._first_by_score(self._step_workers(now), now - stale, limit)
+            return sum(self._forget_step_worker(worker, now) for worker in dead), dead
+
+    def release_worker_steps(self, worker: str) -> int:
+        with self._lock:
+            return self._forget_step_worker(worker, self._now())
+
+    def release_lost_steps(self, worker: str, generation_ids: Sequence[str]) -> int:
+        with self._lock:
+            now = self._now()
+            released = 0
+            holds = self._keys.get(f"stephold:{worker}", now) or {}
+            for gid in generation_ids:
+                released += self._release_step(worker, gid, now)
+                holds.pop(gid, None)
+            if not holds:
+                self._keys.delete(f"stephold:{worker}")
+            return released
+
+    # -- once marks (once.py)
+    def once_done(self, task_id: str) -> bool:
+        with self._lock:
+            return self._keys.get(f"once:{task_id}", self._now()) is not None
+
+    def mark_once(self, task_id: str, ttl: float) -> None:
+        with self._lock:
+            self._keys.set(f"once:{task_id}", "1", ttl, now=self._now())

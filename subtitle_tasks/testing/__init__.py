@@ -1,7 +1,7 @@
 """Test helpers for code that talks to DatoCMS: a local API simulator and pytest fixtures.
 
-``Simulator`` and ``SimulatorConfig`` are loaded on first use, so running
-``python -m subtitle_tasks.testing.simulator`` does not import that module twice.
+``Simulator`` and ``SimulatorConfig`` are loaded on first use, so importing this package
+(as the pytest plugin does in every test session) does not load the simulator.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ class ChaosReport:
         fired = sum(self.calls.values())
         rows = [
             ("requests", self.requests), ("callbacks fired", fired),
-            ("requests with one right callback id", self.requests - len([p for p in self.problems() if "callback" in p])),
+            ("requests with one right callback id",
+             self.requests - len([p for p in self.problems() if "callback" in p])),
             ("repeated deliveries of the same callback id", self.repeats()),
             ("max accepted POSTs per (upload, language)", max(self.posts.values() or [0])),
             *((f"kills: {k}", n) for k, n in sorted(self.kills.items())),
@@ -73,7 +74,7 @@ def plan_requests(n: int, rng: random.Random) -> list[tuple[str, str, str]]:
             plan.append((f"r{i}", f"missing-{i}", "error"))
         elif roll < 0.22 and plan:
             # Same upload and language as an earlier request: must share its generation.
-            tag, upload, kind = rng.choice(plan)
+            _, upload, kind = rng.choice(plan)
             plan.append((f"r{i}", upload, kind))
         else:
             plan.append((f"r{i}", f"video-{i}", "ready"))

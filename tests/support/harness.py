@@ -49,15 +49,16 @@ class Worker:
         self.process: subprocess.Popen | None = None
         self.log_path = Path(env["TEST_LOG_DIR"]) / f"worker-{uuid.uuid4().hex[:6]}.log"
 
-    def start(self) -> "Worker":
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        log.close()
+    def start(self) -> Worker:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
         return self
 
     def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
+        # pgrep exits 1 when there is no child: an empty list, not an error.
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True,
+                             check=False).stdout
         return [int(p) for p in out.split()]
 
     def kill(self) -> None:

@@ -23,7 +23,11 @@ from django.views.decorators.http import require_GET, require_POST
 
 import subtitle_tasks
 from subtitle_tasks import (
-    IdempotencyConflict, InvalidSubtitleRequest, StateUnavailable, UnknownRequest, request_subtitles,
+    IdempotencyConflict,
+    InvalidSubtitleRequest,
+    StateUnavailable,
+    UnknownRequest,
+    request_subtitles,
 )
 
 from .models import Video

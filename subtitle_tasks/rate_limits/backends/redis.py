@@ -28,7 +28,8 @@ How long a failure takes to surface is the client's business: its
 from __future__ import annotations
 
 import uuid
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import redis
 
@@ -58,7 +59,7 @@ redis.call('PEXPIRE', KEYS[1], string.format('%d', math.ceil(horizon / 1000) + 1
 # Returns {granted, wait_us, used, now_us, blocked_us, effective_limit}.
 # limit and burst mirror base.effective_limit and base.burst_size; entries
 # older than the window stay (observe reads them) but never decide the slot.
-ACQUIRE_SCRIPT = _PREAMBLE + """
+ACQUIRE_SCRIPT = (_PREAMBLE + """
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
@@ -94,13 +95,14 @@ if wait > max_wait then
   return {0, wait, used, now, blocked, limit}
 end
 redis.call('ZADD', KEYS[1], string.format('%%d', at), ARGV[4])
-""" % {"scale": SHARE_SCALE, "history": HISTORY_WINDOWS} + _EXPIRE_LOG + """
+""" % {"scale": SHARE_SCALE, "history": HISTORY_WINDOWS}  # noqa: UP031  Lua: str.format would double its {}
+    + _EXPIRE_LOG + """
 return {1, wait, used + 1, now, blocked, limit}
-"""
+""")
 
 # KEYS: log, plan.  ARGV: plan, remaining (-1: none), window_us, since_us (-1: none),
 # slack_us, plan_ttl_ms, max_foreign, member prefix.  Returns the foreign entries added.
-OBSERVE_SCRIPT = _PREAMBLE + """
+OBSERVE_SCRIPT = (_PREAMBLE + """
 local plan = tonumber(ARGV[1])
 local remaining = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
@@ -124,9 +126,10 @@ for i = 1, foreign do
   args[2 * i] = ARGV[8] .. i
 end
 redis.call('ZADD', KEYS[1], unpack(args))
-""" % {"history": HISTORY_WINDOWS} + _EXPIRE_LOG + """
+""" % {"history": HISTORY_WINDOWS}  # noqa: UP031  Lua: str.format would double its {}
+    + _EXPIRE_LOG + """
 return foreign
-"""
+""")
 
 # KEYS: block.  ARGV: penalty_ms.  Returns the block's remaining ms afterwards.
 PENALIZE_SCRIPT = """
@@ -164,7 +167,7 @@ def _hash_tagged(key: str) -> str:
 
 
 def _micros(seconds: float) -> int:
-    return int(round(seconds * _MICROS))
+    return round(seconds * _MICROS)
 
 
 class RedisBackend(RateLimiterBackend):
@@ -251,7 +254,7 @@ class RedisBackend(RateLimiterBackend):
                     _micros(window),
                     -1 if since is None else _micros(since),
                     _micros(slack),
-                    max(1, int(round(plan_ttl * 1000))),
+                    max(1, round(plan_ttl * 1000)),
                     int(max_foreign),
                     prefix,
                 ],

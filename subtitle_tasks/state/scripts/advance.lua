@@ -3,16 +3,22 @@
 -- The entry goes to its site's submit set while the phase is `submit`, to its poll
 -- set after (claim_due.lua shares each claim between the two), and leaves the other
 -- one, and the old shared P:due if it was filed there before per-site schedules.
--- ARGV: prefix, generation_id, delay_seconds, field, value, ...
--- Returns 1 when applied, 0 when the generation is finished or gone.
+-- With a fence (a lock name and token, both '' for none) nothing is written unless
+-- that token still holds P:lock:{name}: a step whose lock lapsed or was broken (the
+-- step watch judged its worker dead) must not record a POST it is about to send.
+-- ARGV: prefix, generation_id, delay_seconds, fence_lock, fence_token, field, value, ...
+-- Returns 1 when applied, 0 when the generation is finished or gone or the fence failed.
 local prefix, gid, delay = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local gen_key = prefix .. ':gen:' .. gid
+if ARGV[4] ~= '' and redis.call('GET', prefix .. ':lock:' .. ARGV[4]) ~= ARGV[5] then
+  return 0
+end
 local current = redis.call('HMGET', gen_key, 'phase', 'site')
 local phase, site = current[1], current[2] or ''
 if (not phase) or phase == 'done' then
   return 0
 end
-for i = 4, #ARGV - 1, 2 do
+for i = 6, #ARGV - 1, 2 do
   if ARGV[i] == 'phase' and ARGV[i + 1] ~= '' then phase = ARGV[i + 1] end
 end
 local suffix = site == '' and '' or ':' .. site
@@ -33,7 +39,7 @@ end
 local t = redis.call('TIME')
 local due = tonumber(t[1]) + tonumber(t[2]) / 1000000 + delay
 -- An empty value removes the field (readers default it), keeping hashes small.
-for i = 4, #ARGV - 1, 2 do
+for i = 6, #ARGV - 1, 2 do
   if ARGV[i + 1] == '' then
     redis.call('HDEL', gen_key, ARGV[i])
   else

@@ -1,0 +1,198 @@
+"""The step watch: steps a dead worker held are due again within seconds (step_watch.py).
+
+Store rules on both stores (the contract fixtures), the watch's judgement without
+sleeping, and one real run: a worker SIGKILLed while its submit step is in flight,
+the step running on the other worker long before the lease, one POST, one callback.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from subtitle_tasks import request_subtitles
+from subtitle_tasks.state.stub import MemoryStore
+from subtitle_tasks.step_watch import StepWatch
+from tests.support.callbacks import record
+from tests.test_store_contract import FakeClock, new
+
+# The store contract's fixtures, re-exported (``x as x``) so pytest finds them in this module.
+from tests.test_store_contract import contract_redis as contract_redis
+from tests.test_store_contract import store as store
+from tests.test_store_contract import subject as subject
+
+LEASE = 60.0
+
+
+def _claim(store, *gids: str) -> None:
+    claimed = [g for g, _ in store.claim_due(LEASE, 100)]
+    assert sorted(claimed) == sorted(gids)
+
+
+# -- the store's rules (memory and Redis) ----------------------------------------------------
+
+def test_a_dead_workers_leased_step_is_due_now_and_its_lock_broken(subject, store):
+    created = new(store)
+    gid = created.generation_id
+    _claim(store, gid)
+    assert store.claim_due(LEASE, 100) == []  # leased: not due
+    token = store.lock(f"gen:{gid}", LEASE, owner="w1@h")
+    assert token.startswith("w1@h/")
+    assert store.step_beat("w1@h") is False  # first beat registers
+    assert store.step_beat("w1@h") is True
+    store.step_hold("w1@h", gid, time.time())
+    assert store.step_holds("w1@h") == [gid]
+
+    assert store.release_dead_steps(stale=5.0) == (0, [])  # not silent yet
+    subject.wait(1.2)
+    released, dead = store.release_dead_steps(stale=1.0)
+    assert (released, dead) == (1, ["w1@h"])
+    assert store.step_holds("w1@h") == []
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [gid]  # due again, long before the lease
+    assert store.lock(f"gen:{gid}", LEASE) is not None  # the dead worker's lock is gone
+    assert store.step_beat("w1@h") is False  # a presumed-dead worker learns it on its next beat
+
+
+def test_another_workers_lock_and_a_settled_step_are_left_alone(subject, store):
+    settled, leased = new(store, upload="u1"), new(store, upload="u2")
+    _claim(store, settled.generation_id, leased.generation_id)
+    for created in (settled, leased):
+        store.step_hold("w1@h", created.generation_id, time.time())
+    store.step_beat("w1@h")
+    # One step ran and settled (next poll in 30 s) before its worker died.
+    assert store.advance(settled.generation_id, 30.0, attempts=1)
+    # The other was handed out again meanwhile and another worker holds its lock.
+    other = store.lock(f"gen:{leased.generation_id}", LEASE, owner="w2@h")
+    subject.wait(1.2)
+    assert store.release_dead_steps(stale=1.0) == (1, ["w1@h"])
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [leased.generation_id]
+    assert store.extend_lock(f"gen:{leased.generation_id}", other, LEASE)  # still w2's
+    gen = store.load_generation(settled.generation_id)
+    assert gen.due > gen.now + 20  # kept its own due time
+
+
+def test_a_lost_pool_childs_step_and_a_shut_down_workers_steps(subject, store):
+    lost, prefetched = new(store, upload="u1"), new(store, upload="u2")
+    _claim(store, lost.generation_id, prefetched.generation_id)
+    for created in (lost, prefetched):
+        store.step_hold("w1@h", created.generation_id, time.time())
+    store.step_beat("w1@h")
+    store.lock(f"gen:{lost.generation_id}", LEASE, owner="w1@h")
+    assert store.release_lost_steps("w1@h", [lost.generation_id]) == 1
+    assert store.step_holds("w1@h") == [prefetched.generation_id]
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [lost.generation_id]
+    assert store.release_worker_steps("w1@h") == 1  # shut down: what it never ran goes back
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [prefetched.generation_id]
+    assert store.step_beat("w1@h") is False  # forgotten
+
+
+def test_a_fenced_advance_writes_only_for_the_locks_holder(subject, store):
+    gid = new(store).generation_id
+    token = store.lock(f"gen:{gid}", LEASE, owner="w1@h")
+    assert not store.advance(gid, LEASE, fence=(f"gen:{gid}", "w9@h/not-it"), posted_at=1.0)
+    assert store.load_generation(gid).posted_at is None
+    assert store.advance(gid, LEASE, fence=(f"gen:{gid}", token), posted_at=1.0)
+    assert store.load_generation(gid).posted_at == 1.0
+
+
+# -- the watch's judgement, on a fake clock ----------------------------------------------------
+
+def test_a_watch_judges_others_only_after_its_own_beats_have_landed_for_dead_after():
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    woken = []
+    gid = new(store).generation_id
+    _claim(store, gid)
+    store.step_beat("dead@h")
+    store.step_hold("dead@h", gid, clock())
+    watch = StepWatch(store, store, hostname="h", heartbeat=0.5, dead_after=2.0, clock=clock,
+                      on_released=lambda: woken.append(1))
+    clock.advance(5.0)  # "dead@h" is long silent, but this watch has only just started beating
+    assert watch.tick() == 0
+    for _ in range(3):
+        clock.advance(0.5)
+        assert watch.tick() == 0
+    clock.advance(0.5)  # 2 s of our own beats
+    assert watch.tick() == 1
+    assert woken == [1]
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [gid]
+
+
+def test_a_watch_whose_beats_fail_judges_nobody_until_they_land_again():
+    clock = FakeClock()
+    store = MemoryStore(clock=clock)
+    watch = StepWatch(store, store, hostname="h", heartbeat=0.5, dead_after=2.0, clock=clock)
+    for _ in range(5):
+        clock.advance(0.5)
+        watch.tick()
+    assert watch.may_release()
+    store.step_beat = lambda worker: (_ for _ in ()).throw(ConnectionError("redis away"))
+    clock.advance(0.5)
+    assert watch.tick() == 0 and not watch.may_release()
+
+
+def test_a_watch_hands_back_its_steps_when_the_worker_shuts_down():
+    store = MemoryStore()
+    gid = new(store).generation_id
+    _claim(store, gid)
+    watch = StepWatch(store, store, hostname="h", heartbeat=0.5, dead_after=2.0)
+    watch.tick()
+    store.step_hold(watch.id, gid, time.time())
+    watch.close()
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [gid]
+
+
+# -- a real fleet ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_sigkilled_workers_submit_runs_elsewhere_long_before_its_lease(harness_factory, sim):
+    # A long lease, and a POST answer that takes long, so the step is surely in flight
+    # on one worker when it is killed; recovery by lease alone would take 30 s.
+    h = harness_factory(SUBTITLE_TASKS_LEASE="30", SUBTITLE_TASKS_HTTP_TIMEOUT="10")
+    workers = {name: h.worker(name=name, concurrency=1) for name in ("a", "b")}
+    deadline = time.monotonic() + 60
+    while len(h.redis.zrange(f"{h.prefix}:stepworkers", 0, -1)) < 2:  # both watches beat
+        assert time.monotonic() < deadline, "the workers' step watches never beat"
+        time.sleep(0.1)
+    sim.configure(faults={"slow": 1.0}, slow_seconds=6.0)
+    handle = request_subtitles("upload-kill", "it", on_ready=record.s("ready", "k"), on_error=record.s("error", "k"))
+    gid = h.redis.hget(f"{h.prefix}:req:{handle.id}", "gen").decode()
+    lock_key = f"{h.prefix}:lock:gen:{gid}"
+    holder = None
+    while holder is None:  # the submit step has started: its lock names its worker
+        assert time.monotonic() < deadline, "the submit step never started"
+        value = h.redis.get(lock_key)
+        holder = value.decode().split("/")[0] if value else None
+        time.sleep(0.02)
+    victim = next(w for name, w in workers.items() if f"@{name}@" in holder)
+    killed_at = time.monotonic()
+    victim.kill()
+    sim.configure(faults={})
+    while True:
+        value = h.redis.get(lock_key)
+        if value and not value.decode().startswith(holder + "/"):
+            break
+        assert time.monotonic() - killed_at < 25, "the step did not run elsewhere before its lease"
+        time.sleep(0.02)
+    calls = h.wait_for_calls(1, timeout=90, settle=2.0)
+    assert [(c["tag"], c["kind"]) for c in calls] == [("k", "ready")]
+    assert sum(n for (_, upload, _), n in sim.accepted_posts().items() if upload == "upload-kill") == 1
+
+
+def test_the_consumer_records_a_steps_hold_and_names_its_worker_for_the_pool_child():
+    store = MemoryStore()
+    watch = StepWatch(store, store, hostname="h", heartbeat=0.5, dead_after=2.0)
+
+    class Request:
+        def __init__(self, name, args):
+            self.name, self.args, self.request_dict = name, args, {}
+
+    step = Request("subtitle_tasks.poll", ["g1"])
+    watch.hold(step)
+    assert store.step_holds(watch.id) == ["g1"]
+    assert step.request_dict["subtitle_tasks_step_owner"] == watch.id
+    odd = Request("subtitle_tasks.poll", [1, 2])  # not a step's one generation id: nothing to hold
+    watch.hold(odd)
+    assert "subtitle_tasks_step_owner" not in odd.request_dict
+    assert store.step_holds(watch.id) == ["g1"]
