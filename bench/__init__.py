@@ -1,4 +1,6 @@
 """Benchmarks for subtitle-tasks (not part of the installed package).
 
-``python -m bench.scale`` measures what waiting requests cost; see bench/README.md.
+``python -m bench`` runs them all and prints one table of the headline figures
+(``--full`` for each benchmark's own defaults); ``python -m bench.<name>`` runs one,
+e.g. ``python -m bench.scale``, what waiting requests cost. See bench/README.md.
 """

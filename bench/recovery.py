@@ -99,7 +99,7 @@ def kill_to_elsewhere(trials: int, dead_after: str | None) -> list[float]:
 def requests_under_kills(requests: int, kill_every: float | None, seed: int) -> dict[str, Any]:
     """Seconds for ``requests`` requests to end, three workers x two pool processes."""
     rng = random.Random(seed)
-    with LocalRedis() as server, Simulator(SimulatorConfig(token=TOKEN, job_seconds=2.0, preparing_seconds=1.0,
+    with LocalRedis() as server, Simulator(SimulatorConfig(token=TOKEN, job_seconds=15.0, preparing_seconds=5.0,
                                                            rate_limit=100_000, seed=seed)) as sim:
         logs = Path(tempfile.mkdtemp(prefix="subtitle-tasks-recovery-"))
         h = Harness(server.url, sim, logs, SUBTITLE_TASKS_LEASE=LEASE, SUBTITLE_TASKS_HTTP_TIMEOUT=HTTP_TIMEOUT,
@@ -115,7 +115,10 @@ def requests_under_kills(requests: int, kill_every: float | None, seed: int) -> 
                 request_subtitles(f"upload-{i}", "it", on_ready=record.s("ready", str(i)).set(queue=callback_queue),
                                   on_error=record.s("error", str(i)).set(queue=callback_queue))
             next_kill = started + (kill_every or 0)
-            while len(h.calls()) < requests:
+            ended_at: dict[str, float] = {}  # request tag -> seconds from the start to its callback
+            while len(ended_at) < requests:
+                for call in h.calls():
+                    ended_at.setdefault(call["tag"], time.monotonic() - started)
                 if time.monotonic() - started > 900:
                     raise RuntimeError(f"only {len(h.calls())} of {requests} callbacks after 900 s")
                 if kill_every and time.monotonic() >= next_kill:
@@ -134,7 +137,9 @@ def requests_under_kills(requests: int, kill_every: float | None, seed: int) -> 
             posts = sim.accepted_posts()
         finally:
             h.close()
+    ends = sorted(ended_at.values())
     return {"requests": requests, "kills": kills, "seconds": round(seconds, 2),
+            "callback_p50": round(_quantile(ends, 0.5), 2), "callback_p95": round(_quantile(ends, 0.95), 2),
             "errors": sum(1 for c in calls if c["kind"] != "ready"),
             "requests_without_exactly_one_callback": sum(1 for i in range(requests) if per_request.get(str(i)) != 1),
             "tracks_with_more_than_one_post": sum(1 for n in posts.values() if n > 1)}

@@ -240,8 +240,11 @@ def is_outage(exc: BaseException) -> bool:
 
 class Notifier:
     def __init__(self, store: Store, app: Celery, lock_ttl: float, default_queue: str | None = None,
-                 attempts: int = 5):
+                 attempts: int = 5, owner: str = ""):
         self.store = store
+        # The worker notifying (step_watch.py): named in the notify lock, so that if it dies
+        # mid-way the step watch breaks the lock and recovery finishes within seconds.
+        self.owner = owner
         self.app = app
         self.lock_ttl = lock_ttl
         # For a callback that names no queue of its own. A dedicated fleet sets it (to
@@ -252,9 +255,9 @@ class Notifier:
         self.attempts = max(1, attempts)
 
     @classmethod
-    def from_settings(cls, store: Store, app: Celery, settings: Settings) -> Notifier:
+    def from_settings(cls, store: Store, app: Celery, settings: Settings, owner: str = "") -> Notifier:
         return cls(store, app, lock_ttl=settings.lease, default_queue=settings.callback_queue,
-                   attempts=settings.callback_attempts)
+                   attempts=settings.callback_attempts, owner=owner)
 
     def notify(self, request_id: str) -> str:
         """Send a finishing request's callbacks once; returns what happened (for logs/tests).
@@ -262,7 +265,7 @@ class Notifier:
         "deferred": the hand-over failed and the request stays finishing; recovery tries
         again after a lease.
         """
-        token = self.store.lock(f"notify:{request_id}", self.lock_ttl)
+        token = self.store.lock(f"notify:{request_id}", self.lock_ttl, owner=self.owner)
         if token is None:
             return "busy"
         try:

@@ -5,8 +5,10 @@ once and held in the worker's memory until due (celery#2218), is delivered again
 when its wait passes ``visibility_timeout`` (kombu#337), and after a SIGKILL comes
 back only when that timeout expires. Here a waiting generation is one sorted-set
 entry in Redis; a worker thread (one per worker process, not a pool slot) claims due
-entries with a lease and publishes plain tasks. A lost task's entry comes due again
-when its lease runs out, so recovery after any crash takes ``lease`` seconds.
+entries with a lease and publishes plain tasks. A claim's lease is short (the
+delivery lease, 6 s): a task lost on its way comes due again then. Once a worker
+receives it the step watch stretches it to the full lease and, if that worker dies,
+hands the step out again within seconds (step_watch.py).
 
 Fairness lives in the claim (``Store.claim_due``), not in queues: each claim shares
 its room among the sites with due work and, within a site, between new submissions
@@ -42,8 +44,11 @@ def task_for_phase(phase: str) -> str:
 class Dispatcher:
     def __init__(self, store: Store, publish: Callable[[list[tuple[str, str]]], None], *, lease: float, batch: int,
                  pace: int = 0, window: float = 0.0, backlog: Callable[[], int] | None = None,
-                 max_backlog: int = 0):
+                 max_backlog: int = 0, holder: Callable[[], str] = lambda: ""):
         self.store = store
+        # This worker's step-watch id ('' without one): it holds what it claims until the
+        # tasks are published, so if it dies in between they are handed out again in seconds.
+        self.holder = holder
         self.publish = publish
         self.lease = lease
         self.batch = batch
@@ -59,9 +64,12 @@ class Dispatcher:
         self.backlog = backlog
         self.max_backlog = max_backlog
         self._wake = threading.Event()  # wake(): claim now rather than at the next interval
+        self._sweep_soon = False
 
-    def wake(self) -> None:
-        """Claim at once (the step watch has just made a dead worker's steps due)."""
+    def wake(self, sweep: bool = False) -> None:
+        """Claim at once; with ``sweep``, run the recovery sweep on this pass too (the step
+        watch has just made a dead worker's steps due, or its unsettled requests)."""
+        self._sweep_soon = self._sweep_soon or sweep
         self._wake.set()
 
     @classmethod
@@ -69,7 +77,9 @@ class Dispatcher:
                       backlog: Callable[[], int] | None = None) -> Dispatcher:
         # The rate limit is per token, i.e. per site: the store applies it to each site
         # with due work (it knows them; no token is read here).
-        return cls(store, publish, lease=settings.lease, batch=settings.dispatch_batch,
+        # A claim leases a step only until a worker receives it (the step watch then
+        # stretches it to the full lease), so a message lost on its way comes back soon.
+        return cls(store, publish, lease=settings.delivery_lease, batch=settings.dispatch_batch,
                    pace=settings.rate_limit, window=settings.rate_window,
                    backlog=backlog, max_backlog=settings.max_backlog)
 
@@ -90,7 +100,8 @@ class Dispatcher:
         room = self.room()
         if room == 0:
             return 0
-        claimed = self.store.claim_due(self.lease, room, self.pace, self.window)
+        holder = self.holder()
+        claimed = self.store.claim_due(self.lease, room, self.pace, self.window, holder=holder)
         if not claimed:
             return 0
         try:
@@ -105,6 +116,11 @@ class Dispatcher:
                 except Exception:
                     break  # Redis is away too; the leases will expire by themselves
             raise
+        if holder:
+            try:
+                self.store.step_published(holder, [generation_id for generation_id, _ in claimed])
+            except Exception as exc:  # kept holds cost an early, harmless re-run if this worker dies
+                log.warning("could not drop the dispatcher's holds (%s)", type(exc).__name__)
         return len(claimed)
 
     def run(self, stop: threading.Event, interval: float, sweep: Callable[[], object] | None = None,
@@ -119,7 +135,8 @@ class Dispatcher:
         while not stop.is_set():
             try:
                 handed_out = self.dispatch_once()
-                if sweep is not None and time.monotonic() >= next_sweep:
+                if sweep is not None and (self._sweep_soon or time.monotonic() >= next_sweep):
+                    self._sweep_soon = False
                     next_sweep = time.monotonic() + sweep_every
                     sweep()
                 failures = 0
@@ -167,10 +184,11 @@ _running: list[threading.Thread] = []  # this process's dispatcher threads (heal
 _dispatchers: list[Dispatcher] = []  # this process's running dispatchers (wake_dispatchers)
 
 
-def wake_dispatchers() -> None:
-    """Have this process's dispatchers claim now instead of at their next interval."""
+def wake_dispatchers(sweep: bool = False) -> None:
+    """Have this process's dispatchers claim now instead of at their next interval (and,
+    with ``sweep``, run the recovery sweep on that pass)."""
     for dispatcher in list(_dispatchers):
-        dispatcher.wake()
+        dispatcher.wake(sweep)
 
 
 def dispatcher_alive() -> bool:
@@ -191,6 +209,7 @@ class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclass
         self._dispatcher: Dispatcher | None = None
 
     def start(self, worker: Any) -> None:
+        from . import step_watch
         from .callbacks import Notifier
         from .recovery import Recovery
         from .runtime import runtime_for
@@ -198,6 +217,7 @@ class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclass
         runtime = runtime_for(worker.app)
         settings = runtime.settings
         dispatcher = Dispatcher.for_celery(worker.app, runtime.store, settings)
+        dispatcher.holder = step_watch.current_id
         notifier = Notifier.from_settings(runtime.store, worker.app, settings)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
         sweep = functools.partial(recovery.sweep, repair=False)  # the full scan is beat's job

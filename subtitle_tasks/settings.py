@@ -208,6 +208,9 @@ class Settings:
     sweep_share: float = 0.25  # of a site's per-window API budget one sweep may spend
     # -- the step watch (step_watch.py) --
     heartbeat: float = 0.5  # how often each worker says it is alive
+    # A handed-out step no worker has received by then is handed out again. Unset: 6 s,
+    # or the lease when that is shorter (a test fleet's 3 s lease, say).
+    delivery_lease: float = 6.0
     dead_after: float = 2.0  # a worker silent this long is dead: its held steps are due again now
 
     @property
@@ -288,6 +291,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "sweep_share": ("SUBTITLE_TASKS_SWEEP_SHARE", _share),
     # -- the step watch (step_watch.py) --
     "heartbeat": ("SUBTITLE_TASKS_HEARTBEAT", _positive_float),
+    "delivery_lease": ("SUBTITLE_TASKS_DELIVERY_LEASE", _positive_float),
     "dead_after": ("SUBTITLE_TASKS_DEAD_AFTER", _positive_float),
 }
 
@@ -324,6 +328,8 @@ def load_settings(overrides: Mapping[str, Any] | None = None, environ: Mapping[s
             values["sites"] = parse_sites(values["sites"], default_base_url=values.get("base_url", defaults.base_url))
         except SiteError as exc:
             raise ConfigurationError(str(exc)) from None
+    if "delivery_lease" not in values:
+        values["delivery_lease"] = min(defaults.delivery_lease, values.get("lease", defaults.lease))
     settings = Settings(**values)
     _check_consistency(settings, defaults)
     return settings
@@ -348,6 +354,10 @@ def _check_consistency(settings: Settings, defaults: Settings) -> None:
             f"SUBTITLE_TASKS_POLL_MAX ({settings.poll_max}) is below "
             f"SUBTITLE_TASKS_POLL_INITIAL ({settings.poll_initial})"
         )
+    if settings.delivery_lease > settings.lease:
+        raise ConfigurationError(
+            f"SUBTITLE_TASKS_DELIVERY_LEASE ({settings.delivery_lease}) must not exceed SUBTITLE_TASKS_LEASE "
+            f"({settings.lease})")
     # A worker must miss a few beats before it is judged dead (step watch).
     if settings.dead_after < 3 * settings.heartbeat:
         raise ConfigurationError(

@@ -1,32 +1,40 @@
-"""Steps a worker took and died with: due again within seconds, not a lease later.
+"""Steps a worker took and died with: handed out again within seconds, not a lease later.
 
-The dispatcher hands each due step out with a lease (dispatcher.py): if the worker
-that received it dies, the step comes due again only when the lease runs out
+The dispatcher hands each due step out with a lease (dispatcher.py). Without this
+module, a step whose worker died came due again only when the lease ran out
 (SUBTITLE_TASKS_LEASE, 30 s), and the generation's lock, held in the dead worker's
-name, blocks it that long too. The step watch cuts that to about
-SUBTITLE_TASKS_DEAD_AFTER (2 s), on any broker::
+name, blocked it that long too. With it, on any broker::
 
     P:stepworkers     zset  worker -> its last heartbeat (server clock)
     P:stephold:{w}    hash  generation id -> when worker w received its step
+    P:stepclaim:{w}   hash  generation id -> when w's dispatcher claimed it (until published)
 
+* A claim leases a step only for SUBTITLE_TASKS_DELIVERY_LEASE (6 s): a message lost
+  on its way (a worker killed between taking it off the queue and recording it, a
+  broker hiccup) comes back after that. The claiming worker holds its claims until
+  their tasks are published (P:stepclaim).
 * ``task_received`` (worker main process, one Redis call): worker w holds this step,
-  prefetched or running. Its id rides along in the request to the pool child, which
-  takes the generation's lock in w's name (a token ``w/...``).
+  prefetched or running, and its lease is stretched to the full lease (step_hold.lua).
+  w's id rides along in the request to the pool child, which takes the generation's
+  lock, and the notify lock of any request it finishes, in w's name (``w/...``).
 * ``task_postrun`` (pool child): the step is over; the hold goes.
 * The pool child died running it (``task_failure`` with ``WorkerLostError`` in the
   main process): the step is released at once.
 * Every worker beats every SUBTITLE_TASKS_HEARTBEAT; one whose own beats have landed
-  for SUBTITLE_TASKS_DEAD_AFTER then releases the steps of every worker silent that
-  long (one script): their locks are broken, each step still leased and unsettled is
-  due now, and its own dispatcher is woken to hand them out.
+  for SUBTITLE_TASKS_DEAD_AFTER (2 s) then releases what every worker silent that long
+  held or claimed (one script, step_release.lua): its locks are broken, each step still
+  leased and unsettled is due now, a generation it had ended has its requests still
+  ``finishing`` due for recovery now; and its own dispatcher is woken to hand them out
+  and run recovery.
 
 Judging a live worker dead (a long stall) costs little, which is why the threshold
 can be seconds: a step is idempotent under its lock. A poll run twice is one more
 GET. A submit checks its lock before marking the POST and marks it in a script that
 checks the lock again (``Store.advance(fence=...)``), and marks before sending: so a
 step whose lock was broken never POSTs, and the new holder of one that had marked
-reconciles (finds the track) instead of POSTing again. Callbacks are not this
-module's: running one twice is not harmless, so callback_watch judges with a lease.
+reconciles (finds the track) instead of POSTing again. A notification is settled in
+one script that checks the request is still ``finishing``. Callbacks already handed
+to an app's workers are not this module's: callback_watch judges those with a lease.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ class StepWatch:
     """One worker main process: its id, the holds it records, its beat-and-release thread."""
 
     def __init__(self, store: Any, fast_store: Any, *, hostname: str, heartbeat: float, dead_after: float,
+                 lease: float = 0.0,
                  on_released: Callable[[], object] = lambda: None, clock: Callable[[], float] = time.monotonic,
                  app: Any = None):
         self.id = f"{uuid.uuid4().hex[:12]}@{hostname}"
@@ -64,6 +73,7 @@ class StepWatch:
         self.fast_store = fast_store  # short timeouts, no retries: the consumer loop's store
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        self.lease = lease  # a received step's claim is stretched to this (step_hold.lua)
         self.on_released = on_released
         self.clock = clock
         self.beating_since: float | None = None  # start of the current run of landed beats
@@ -80,7 +90,7 @@ class StepWatch:
         if generation_id is None:
             return
         try:
-            self.fast_store.step_hold(self.id, generation_id, time.time())
+            self.fast_store.step_hold(self.id, generation_id, time.time(), self.lease)
         except Exception as exc:
             self._paused_until = self.clock() + PAUSE_AFTER_FAILURE
             log.warning("could not record a received step (%s); not recording for %ss", type(exc).__name__,
@@ -147,6 +157,13 @@ class StepWatch:
             log.warning("step watch could not hand back its steps at shutdown (%s)", type(exc).__name__)
 
 
+def current_id() -> str:
+    """This worker process's step-watch id ('' where none runs): its dispatcher's claims
+    are held under it until published (dispatcher.py)."""
+    watch = _watch
+    return watch.id if watch is not None else ""
+
+
 def _generation_of(request: Any) -> str | None:
     """The generation id a step request carries (its one argument), or None."""
     args = getattr(request, "args", None)
@@ -183,7 +200,8 @@ class StepWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassi
                                                socket_connect_timeout=1.0),
                           settings.key_prefix, settings.retention)
         _watch = StepWatch(runtime.store, fast, hostname=worker.hostname, heartbeat=settings.heartbeat,
-                           dead_after=settings.dead_after, on_released=wake_dispatchers, app=worker.app)
+                           dead_after=settings.dead_after, lease=settings.lease,
+                           on_released=lambda: wake_dispatchers(sweep=True), app=worker.app)
         _watch.start()
         log.info("step watch started (worker %s, dead after %ss)", _watch.id, settings.dead_after)
 

@@ -31,27 +31,30 @@ log = logging.getLogger("subtitle_tasks.tasks")
 _COMMON = dict(bind=True, ignore_result=True, acks_late=False, serializer="json")
 
 
-def _notifier(app: Celery) -> Notifier:
+def _notifier(app: Celery, owner: str = "") -> Notifier:
     runtime = runtime_for(app)
-    return Notifier.from_settings(runtime.store, app, runtime.settings)
+    return Notifier.from_settings(runtime.store, app, runtime.settings, owner=owner)
 
 
-def _pipeline(app: Celery) -> Pipeline:
+def _pipeline(app: Celery, owner: str = "") -> Pipeline:
+    """``owner``: the worker running the step (step_watch.py), named in the locks it takes."""
     runtime = runtime_for(app)
-    return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app).notify,
+    return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app, owner).notify,
                     metrics=runtime.metrics)
 
 
 @shared_task(name="subtitle_tasks.submit", **_COMMON)
 def submit(self: Task, generation_id: str) -> str:
     """POST the generation to DatoCMS (or reconcile an earlier POST)."""
-    return _pipeline(self.app).advance(generation_id, owner=owner_of(self))
+    owner = owner_of(self)
+    return _pipeline(self.app, owner).advance(generation_id, owner=owner)
 
 
 @shared_task(name="subtitle_tasks.poll", **_COMMON)
 def poll(self: Task, generation_id: str) -> str:
     """Poll the job result, then the track, once; the next poll is scheduled, not slept."""
-    return _pipeline(self.app).advance(generation_id, owner=owner_of(self))
+    owner = owner_of(self)
+    return _pipeline(self.app, owner).advance(generation_id, owner=owner)
 
 
 @shared_task(name="subtitle_tasks.notify", **_COMMON)

@@ -196,3 +196,64 @@ def test_the_consumer_records_a_steps_hold_and_names_its_worker_for_the_pool_chi
     watch.hold(odd)
     assert "subtitle_tasks_step_owner" not in odd.request_dict
     assert store.step_holds(watch.id) == ["g1"]
+
+
+def test_what_a_dispatcher_claimed_but_never_published_is_released_with_its_worker(subject, store):
+    created = new(store)
+    gid = created.generation_id
+    store.step_beat("w1@h")
+    assert [g for g, _ in store.claim_due(LEASE, 100, holder="w1@h")] == [gid]
+    subject.wait(1.2)  # killed between the claim and the publish: nothing received it
+    assert store.release_dead_steps(stale=1.0) == (1, ["w1@h"])
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [gid]
+
+
+def test_published_claims_are_no_longer_the_dispatchers(subject, store):
+    gid = new(store).generation_id
+    store.step_beat("w1@h")
+    assert [g for g, _ in store.claim_due(LEASE, 100, holder="w1@h")] == [gid]
+    store.step_published("w1@h", [gid])
+    subject.wait(1.2)
+    assert store.release_dead_steps(stale=1.0) == (0, ["w1@h"])  # another worker has the task now
+    assert store.claim_due(LEASE, 100) == []
+
+
+def test_a_worker_that_died_notifying_has_its_requests_due_for_recovery_now(subject, store):
+    rid = "r-notifying"
+    gid = new(store, rid).generation_id
+    store.step_beat("w1@h")
+    _claim(store, gid)
+    store.step_hold("w1@h", gid, time.time())
+    assert store.finish(gid, "ready", {"id": "t1"}) == [rid]  # the outcome is decided...
+    assert store.lock(f"notify:{rid}", LEASE, owner="w1@h")  # ...and the worker dies handing it over
+    assert store.claim_finishing(stale=LEASE, limit=10) == []  # recovery would wait a lease
+    subject.wait(1.2)
+    assert store.release_dead_steps(stale=1.0) == (1, ["w1@h"])
+    assert store.claim_finishing(stale=LEASE, limit=10) == [rid]
+    assert store.lock(f"notify:{rid}", LEASE) is not None  # its notify lock is gone too
+
+
+def test_a_received_step_has_its_short_delivery_lease_stretched_to_the_full_lease(subject, store):
+    received, lost = new(store, upload="u1"), new(store, upload="u2")
+    _claim_for(store, 2.0, received.generation_id, lost.generation_id)  # the delivery lease
+    store.step_hold("w1@h", received.generation_id, time.time(), lease=LEASE)
+    subject.wait(2.5)
+    # The message no worker received (lost on its way) is due again after the delivery
+    # lease; the one a live worker holds is not, its lease now runs a full LEASE.
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [lost.generation_id]
+
+
+def test_stretching_never_shortens_a_lease_nor_touches_a_settled_step(subject, store):
+    gid = new(store).generation_id
+    _claim_for(store, 10.0, gid)
+    store.step_hold("w1@h", gid, time.time(), lease=1.0)  # already leased longer: left alone
+    subject.wait(1.5)
+    assert store.claim_due(LEASE, 100) == []
+    assert store.advance(gid, 500.0)  # settled: next step far ahead
+    store.step_hold("w1@h", gid, time.time(), lease=LEASE)  # a duplicate delivery received late
+    gen = store.load_generation(gid)
+    assert gen.due - gen.now > 400
+
+
+def _claim_for(store, lease: float, *gids: str) -> None:
+    assert sorted(g for g, _ in store.claim_due(lease, 100)) == sorted(gids)

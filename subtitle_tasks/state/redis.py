@@ -228,12 +228,15 @@ class RedisStore:
         return _text(self._run("cancel", request_id, _encode(error), self.retention))
 
     # -- scheduling -------------------------------------------------------------------
-    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
+    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0,
+                  holder: str = "") -> list[tuple[str, str]]:
         """Due steps, leased, shared fairly among sites and between submits and polls.
 
         ``pace`` > 0 caps each site at that many per ``window`` seconds, fleet-wide.
+        ``holder``: the claiming worker (step watch), which holds the claims until
+        :meth:`step_published` says their tasks are out.
         """
-        flat = self._run("claim_due", lease, limit, pace, window)
+        flat = self._run("claim_due", lease, limit, pace, window, holder)
         return [(_text(flat[i]), _text(flat[i + 1])) for i in range(0, len(flat), 2)]
 
     def release(self, generation_id: str) -> None:
@@ -548,12 +551,19 @@ class RedisStore:
         beat, or a sweeper had presumed it dead and released its steps)."""
         return bool(int(self._step_script("step_beat")(args=[self.prefix, worker, lock_millis(self.retention)])))
 
-    def step_hold(self, worker: str, generation_id: str, received_at: float) -> None:
-        """``worker`` has received (prefetched or started) ``generation_id``'s step."""
-        self.client.hset(f"{self.prefix}:stephold:{worker}", generation_id, f"{received_at:.3f}")
+    def step_hold(self, worker: str, generation_id: str, received_at: float, lease: float = 0.0) -> None:
+        """``worker`` has received (prefetched or started) ``generation_id``'s step; with
+        ``lease``, a claim's short delivery lease is stretched to that (step_hold.lua)."""
+        self._step_script("step_hold")(args=[self.prefix, worker, generation_id, f"{received_at:.3f}",
+                                             repr(float(lease))])
 
     def step_unhold(self, worker: str, generation_id: str) -> None:
         self.client.hdel(f"{self.prefix}:stephold:{worker}", generation_id)
+
+    def step_published(self, worker: str, generation_ids: Sequence[str]) -> None:
+        """``worker``'s dispatcher has published these claims: it no longer holds them."""
+        if generation_ids:
+            self.client.hdel(f"{self.prefix}:stepclaim:{worker}", *generation_ids)
 
     def step_holds(self, worker: str) -> list[str]:
         return sorted(_text(gid) for gid in self.client.hkeys(f"{self.prefix}:stephold:{worker}"))

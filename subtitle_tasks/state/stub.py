@@ -247,7 +247,8 @@ class MemoryStore:
         return any(rid != request_id and self._state(rid, now) == WAITING for rid in _ids(gen.get("subs", "")))
 
     # -- scheduling -------------------------------------------------------------------
-    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0) -> list[tuple[str, str]]:
+    def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0,
+                  holder: str = "") -> list[tuple[str, str]]:
         """claim_due.lua's rules: room shared equally among sites, half to submits, pace per site."""
         with self._lock:
             now = self._now()
@@ -324,6 +325,12 @@ class MemoryStore:
                         self._paced[entry.site] = (count + entry.got, ends)
             if out:
                 self._claim_turn += 1
+                if holder:  # held until step_published (step watch)
+                    claims = self._keys.get(f"stepclaim:{holder}", now)
+                    if claims is None:
+                        claims = {}
+                        self._keys.set(f"stepclaim:{holder}", claims, now=now)
+                    claims.update({gid: f"{now:.3f}" for gid, _ in out})
             return out
 
     def release(self, generation_id: str) -> None:
@@ -660,9 +667,10 @@ class MemoryStore:
             workers[worker] = now
             self._keys.expire("stepworkers", ttl, now)
             self._keys.expire(f"stephold:{worker}", ttl, now)
+            self._keys.expire(f"stepclaim:{worker}", ttl, now)
             return known
 
-    def step_hold(self, worker: str, generation_id: str, received_at: float) -> None:
+    def step_hold(self, worker: str, generation_id: str, received_at: float, lease: float = 0.0) -> None:
         with self._lock:
             now = self._now()
             holds = self._keys.get(f"stephold:{worker}", now)
@@ -670,6 +678,12 @@ class MemoryStore:
                 holds = {}
                 self._keys.set(f"stephold:{worker}", holds, now=now)
             holds[generation_id] = f"{received_at:.3f}"
+            gen = self._gen(generation_id, now)
+            if lease <= 0 or gen is None or gen.get("phase") == DONE or float(gen.get("due") or 0) > now:
+                return
+            score = self._due.get(generation_id)
+            if score is not None and now < score < now + lease:  # leased, unsettled: stretch it
+                self._due[generation_id] = now + lease
 
     def step_unhold(self, worker: str, generation_id: str) -> None:
         with self._lock:
@@ -678,6 +692,15 @@ class MemoryStore:
                 holds.pop(generation_id, None)
                 if not holds:
                     self._keys.delete(f"stephold:{worker}")
+
+    def step_published(self, worker: str, generation_ids: Sequence[str]) -> None:
+        with self._lock:
+            claims = self._keys.get(f"stepclaim:{worker}", self._now())
+            if claims is not None:
+                for gid in generation_ids:
+                    claims.pop(gid, None)
+                if not claims:
+                    self._keys.delete(f"stepclaim:{worker}")
 
     def step_holds(self, worker: str) -> list[str]:
         with self._lock:
@@ -688,7 +711,17 @@ class MemoryStore:
         if isinstance(token, str) and token.startswith(worker + "/"):
             self._keys.delete(f"lock:gen:{gid}")
         gen = self._gen(gid, now)
-        if gen is None or gen.get("phase") in (None, DONE) or float(gen.get("due") or 0) > now:
+        if gen is not None and gen.get("phase") == DONE:  # it may have died notifying
+            found = 0
+            for rid in (r for r in gen.get("subs", "").split(",") if r):
+                if rid in self._finishing:
+                    self._finishing[rid] = 0.0
+                    holder = self._keys.get(f"lock:notify:{rid}", now)
+                    if isinstance(holder, str) and holder.startswith(worker + "/"):
+                        self._keys.delete(f"lock:notify:{rid}")
+                    found = 1
+            return found
+        if gen is None or gen.get("phase") is None or float(gen.get("due") or 0) > now:
             return 0
         score = self._due.get(gid)
         if score is not None and score > now:
@@ -698,9 +731,10 @@ class MemoryStore:
 
     def _forget_step_worker(self, worker: str, now: float) -> int:
         released = 0
-        for gid in list(self._keys.get(f"stephold:{worker}", now) or {}):
-            released += self._release_step(worker, gid, now)
-        self._keys.delete(f"stephold:{worker}")
+        for kind in ("stephold", "stepclaim"):  # received, and claimed but not yet published
+            for gid in list(self._keys.get(f"{kind}:{worker}", now) or {}):
+                released += self._release_step(worker, gid, now)
+            self._keys.delete(f"{kind}:{worker}")
         self._step_workers(now).pop(worker, None)
         return released
 

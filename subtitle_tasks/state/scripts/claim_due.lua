@@ -18,7 +18,11 @@
 -- still the default site's poll set, so old entries are handed out from it (with the
 -- default site's share and pace) and advance.lua moves each to its own set.
 --
--- ARGV: prefix, lease_seconds, limit, pace, window_seconds
+-- Claimed by a worker (`holder`, optional): each claimed entry is also recorded in
+-- P:stepclaim:{holder} until its task is published, so a worker killed between claim
+-- and publish has them handed out again by the step watch (step_release.lua) within
+-- seconds, not a lease later.
+-- ARGV: prefix, lease_seconds, limit, pace, window_seconds[, holder]
 -- Returns a flat list {generation_id, phase, ...}
 -- A failure halfway (a key of the wrong type) returns nothing: the entries leased by
 -- then come due again after their lease, and no pace was counted for them.
@@ -141,5 +145,12 @@ for site, s in pairs(spent) do
 end
 if #out > 0 then
   redis.call('INCR', turn_key)
+  local holder = ARGV[6] or ''
+  if holder ~= '' then
+    local claims = prefix .. ':stepclaim:' .. holder
+    for i = 1, #out, 2 do
+      redis.call('HSET', claims, out[i], string.format('%.3f', now))
+    end
+  end
 end
 return out

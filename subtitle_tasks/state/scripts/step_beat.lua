@@ -8,4 +8,5 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local added = redis.call('ZADD', prefix .. ':stepworkers', now, worker)
 redis.call('PEXPIRE', prefix .. ':stepworkers', ARGV[3])
 redis.call('PEXPIRE', prefix .. ':stephold:' .. worker, ARGV[3])
+redis.call('PEXPIRE', prefix .. ':stepclaim:' .. worker, ARGV[3])
 return 1 - added

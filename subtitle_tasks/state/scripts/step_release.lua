@@ -11,7 +11,9 @@
 -- deleted, so the next holder need not wait for it to expire; and if the step is
 -- still leased and unsettled (its schedule score lies ahead while its recorded due
 -- time, which only advance.lua writes, has passed), its score becomes now. A step
--- that settled meanwhile keeps its own due time.
+-- that settled meanwhile keeps its own due time. A step that had ended its generation
+-- may have died notifying: its requests still `finishing` become due for recovery now
+-- (score 0 in P:finishing) and the worker's notify locks on them are deleted.
 -- Returns {released, worker...} (the workers forgotten).
 local prefix, mode = ARGV[1], ARGV[2]
 local t = redis.call('TIME')
@@ -23,9 +25,24 @@ local function release(worker, gid)
   if token and string.sub(token, 1, #worker + 1) == worker .. '/' then
     redis.call('DEL', lock_key)
   end
-  local gen = redis.call('HMGET', prefix .. ':gen:' .. gid, 'phase', 'site', 'due')
+  local gen = redis.call('HMGET', prefix .. ':gen:' .. gid, 'phase', 'site', 'due', 'subs')
   local phase, site, due = gen[1], gen[2] or '', tonumber(gen[3] or '0') or 0
-  if (not phase) or phase == 'done' or due > now then
+  if phase == 'done' then
+    local found = 0
+    for rid in string.gmatch(gen[4] or '', '[^,]+') do
+      if redis.call('ZSCORE', prefix .. ':finishing', rid) then
+        redis.call('ZADD', prefix .. ':finishing', 0, rid)
+        local notify_key = prefix .. ':lock:notify:' .. rid
+        local holder = redis.call('GET', notify_key)
+        if holder and string.sub(holder, 1, #worker + 1) == worker .. '/' then
+          redis.call('DEL', notify_key)
+        end
+        found = 1
+      end
+    end
+    return found
+  end
+  if (not phase) or due > now then
     return 0
   end
   local suffix = site == '' and '' or ':' .. site
@@ -41,11 +58,15 @@ end
 local released, forgotten = 0, {}
 local workers_key = prefix .. ':stepworkers'
 local function forget(worker)
-  local holds_key = prefix .. ':stephold:' .. worker
-  for _, gid in ipairs(redis.call('HKEYS', holds_key)) do
-    released = released + release(worker, gid)
+  -- What it received (P:stephold) and what its dispatcher claimed but had not yet
+  -- published (P:stepclaim, claim_due.lua).
+  for _, kind in ipairs({':stephold:', ':stepclaim:'}) do
+    local holds_key = prefix .. kind .. worker
+    for _, gid in ipairs(redis.call('HKEYS', holds_key)) do
+      released = released + release(worker, gid)
+    end
+    redis.call('DEL', holds_key)
   end
-  redis.call('DEL', holds_key)
   redis.call('ZREM', workers_key, worker)
   forgotten[#forgotten + 1] = worker
 end
