@@ -181,6 +181,19 @@ def celery_backlog(app: Celery, queue: str | None) -> Callable[[], int]:
 
 
 _running: list[threading.Thread] = []  # this process's dispatcher threads (health checks)
+# Who this process's dispatchers claim as: the step watch's worker id, once it runs
+# (step_watch.py sets it; '' until then, when claims are held by nobody).
+_holder_source: list[Callable[[], str]] = []
+
+
+def claims_holder() -> str:
+    """The id this process's dispatchers claim as ('' for nobody)."""
+    return _holder_source[0]() if _holder_source else ""
+
+
+def hold_claims_as(holder: Callable[[], str]) -> None:
+    """Have this process's dispatchers claim as ``holder()`` (the step watch calls this)."""
+    _holder_source[:] = [holder]
 _dispatchers: list[Dispatcher] = []  # this process's running dispatchers (wake_dispatchers)
 
 
@@ -209,7 +222,6 @@ class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclass
         self._dispatcher: Dispatcher | None = None
 
     def start(self, worker: Any) -> None:
-        from . import step_watch
         from .callbacks import Notifier
         from .recovery import Recovery
         from .runtime import runtime_for
@@ -217,7 +229,7 @@ class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclass
         runtime = runtime_for(worker.app)
         settings = runtime.settings
         dispatcher = Dispatcher.for_celery(worker.app, runtime.store, settings)
-        dispatcher.holder = step_watch.current_id
+        dispatcher.holder = claims_holder
         notifier = Notifier.from_settings(runtime.store, worker.app, settings)
         recovery = Recovery(runtime.store, notifier.notify, stale=settings.lease)
         sweep = functools.partial(recovery.sweep, repair=False)  # the full scan is beat's job

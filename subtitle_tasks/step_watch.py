@@ -159,7 +159,7 @@ class StepWatch:
 
 def current_id() -> str:
     """This worker process's step-watch id ('' where none runs): its dispatcher's claims
-    are held under it until published (dispatcher.py)."""
+    are held under it until published (dispatcher.hold_claims_as)."""
     watch = _watch
     return watch.id if watch is not None else ""
 
@@ -190,7 +190,7 @@ class StepWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassi
         global _watch
         import redis
 
-        from .dispatcher import wake_dispatchers
+        from .dispatcher import hold_claims_as, wake_dispatchers
         from .runtime import runtime_for
         from .state import RedisStore
 
@@ -202,6 +202,7 @@ class StepWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassi
         _watch = StepWatch(runtime.store, fast, hostname=worker.hostname, heartbeat=settings.heartbeat,
                            dead_after=settings.dead_after, lease=settings.lease,
                            on_released=lambda: wake_dispatchers(sweep=True), app=worker.app)
+        hold_claims_as(current_id)
         _watch.start()
         log.info("step watch started (worker %s, dead after %ss)", _watch.id, settings.dead_after)
 

@@ -8,7 +8,7 @@ workers or of which app a task runs in.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from celery import bootsteps
 from celery.signals import task_prerun
@@ -16,15 +16,18 @@ from celery.signals import task_prerun
 from .metrics import MetricsServer, on_callback_started
 from .runtime import attached, runtime_for
 
-if TYPE_CHECKING:
-    from .celery_app import InitReport
-
 log = logging.getLogger("subtitle_tasks.metrics")
 
 _prerun_connected = False
 
 
-def install(app: Any, report: InitReport) -> None:
+class _Report(Protocol):
+    """What install() writes to: celery_app.InitReport (not imported: init_app imports us)."""
+
+    changes: list[str]
+
+
+def install(app: Any, report: _Report) -> None:
     """Time our callbacks where they start; serve metrics from workers if configured."""
     global _prerun_connected
     if not _prerun_connected:

@@ -20,20 +20,35 @@ from __future__ import annotations
 
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from typing import Any, Protocol
 from urllib.parse import unquote
 
+from .config import SimulatorConfig
 from .replies import _json_reply, _Reply
-from .routes import _Request
+from .routes import RequestRecord, _Request
 
-if TYPE_CHECKING:
-    from .core import Simulator
+
+class Controlled(Protocol):
+    """What the control endpoints drive: the Simulator (core.py, which imports this module)."""
+
+    def state(self) -> dict[str, Any]: ...
+    def jobs(self) -> list[dict[str, Any]]: ...
+    def requests(self) -> list[RequestRecord]: ...
+    def configure(self, **fields: Any) -> SimulatorConfig: ...
+    def reset(self) -> None: ...
+    def complete_all_jobs(self, include_stuck: bool = False) -> int: ...
+    def add_upload(self, upload_id: str, *, created_at: datetime | float | str | None = None,
+                   age: float | None = None, kind: str = "video", duration: float | None = None,
+                   mux_ready: bool = True, environment: str | None = None) -> dict[str, Any]: ...
+    def set_upload(self, upload_id: str, kind: str) -> None: ...
+    def upload_kind(self, upload_id: str) -> str: ...
 
 CONTROL_PREFIX = "/_simulator/"
 _CONTROL_UPLOAD = re.compile(r"/_simulator/uploads/([^/]+)")
 
 
-def _serve_control(simulator: Simulator, request: _Request) -> _Reply:
+def _serve_control(simulator: Controlled, request: _Request) -> _Reply:
     path, method = request.path, request.method
     try:
         if method == "GET" and path == "/_simulator/state":
@@ -63,7 +78,7 @@ def _serve_control(simulator: Simulator, request: _Request) -> _Reply:
     return _json_reply(404, {"error": f"no control endpoint {method} {path}"})
 
 
-def _logged_requests(simulator: Simulator, query: dict[str, list[str]]) -> list[dict[str, Any]]:
+def _logged_requests(simulator: Controlled, query: dict[str, list[str]]) -> list[dict[str, Any]]:
     records = simulator.requests()
     limit = int(query.get("limit", ["0"])[0] or 0)
     if limit > 0:

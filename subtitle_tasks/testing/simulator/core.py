@@ -83,7 +83,7 @@ class Simulator:
     def start(self) -> Simulator:
         if self._server is not None:
             raise RuntimeError("simulator already started")
-        self._server = _Server((self._host, self._requested_port), self)
+        self._server = _Server((self._host, self._requested_port), self._serve)
         # A short poll interval because stop() waits up to one interval.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02},

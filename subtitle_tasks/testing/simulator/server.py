@@ -7,15 +7,13 @@ import contextlib
 import secrets
 import socket
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .replies import _error_reply, _Reply
 from .routes import _Request
-
-if TYPE_CHECKING:
-    from .core import Simulator
 
 MAX_BODY_BYTES = 1 << 20
 # Idle keep-alive connections are closed after this long.
@@ -26,10 +24,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], simulator: Simulator) -> None:
+    def __init__(self, address: tuple[str, int], serve: Callable[[_Request], _Reply]) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        self.simulator = simulator
+        self.serve = serve  # the Simulator's: one request in, its reply out
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -89,7 +87,7 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         request = _Request(method=self.command, path=parts.path, query=parse_qs(parts.query),
                            headers=self.headers, body=body)
-        reply = self.server.simulator._serve(request)
+        reply = self.server.serve(request)
         if reply.drop:
             self.close_connection = True
             return
