@@ -7,6 +7,8 @@ the step running on the other worker long before the lease, one POST, one callba
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -178,6 +180,41 @@ def test_a_sigkilled_workers_submit_runs_elsewhere_long_before_its_lease(harness
     calls = h.wait_for_calls(1, timeout=90, settle=2.0)
     assert [(c["tag"], c["kind"]) for c in calls] == [("k", "ready")]
     assert sum(n for (_, upload, _), n in sim.accepted_posts().items() if upload == "upload-kill") == 1
+
+
+@pytest.mark.slow
+def test_a_pool_child_killed_mid_step_has_its_step_released_by_its_parent_at_once(harness_factory, sim):
+    # One worker, so the step can only run again on it: the parent, still alive and
+    # beating, releases what its lost child held instead of waiting for the lease.
+    h = harness_factory(SUBTITLE_TASKS_LEASE="30", SUBTITLE_TASKS_HTTP_TIMEOUT="10")
+    worker = h.worker(name="solo", concurrency=1)
+    deadline = time.monotonic() + 60
+    while not h.redis.zrange(f"{h.prefix}:stepworkers", 0, -1):
+        assert time.monotonic() < deadline, "the worker's step watch never beat"
+        time.sleep(0.1)
+    sim.configure(faults={"slow": 1.0}, slow_seconds=6.0)
+    handle = request_subtitles("upload-child", "it", on_ready=record.s("ready", "c"), on_error=record.s("error", "c"))
+    gid = h.redis.hget(f"{h.prefix}:req:{handle.id}", "gen").decode()
+    lock_key = f"{h.prefix}:lock:gen:{gid}"
+    first = None
+    while first is None:
+        assert time.monotonic() < deadline, "the submit step never started"
+        first = h.redis.get(lock_key)
+        time.sleep(0.02)
+    children = worker.children()
+    assert len(children) == 1
+    killed_at = time.monotonic()
+    os.kill(children[0], signal.SIGKILL)
+    sim.configure(faults={})
+    while True:  # the same worker's new child takes the step: a new lock token
+        value = h.redis.get(lock_key)
+        if value and value != first:
+            break
+        assert time.monotonic() - killed_at < 25, "the lost child's step waited for its lease"
+        time.sleep(0.02)
+    calls = h.wait_for_calls(1, timeout=90, settle=2.0)
+    assert [(c["tag"], c["kind"]) for c in calls] == [("c", "ready")]
+    assert sum(n for (_, upload, _), n in sim.accepted_posts().items() if upload == "upload-child") == 1
 
 
 def test_the_consumer_records_a_steps_hold_and_names_its_worker_for_the_pool_child():
