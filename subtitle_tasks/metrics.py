@@ -127,6 +127,13 @@ class Recorder:
             except Exception as exc:
                 log.debug("outcome not counted (%s)", type(exc).__name__)
 
+    def steps_released(self, cause: str, steps: int, workers: int = 0) -> None:
+        """The step watch handed steps out again: ``cause`` is dead_worker, lost_child or shutdown."""
+        increments = {field("steps_released_total", cause=cause): float(steps)}
+        if workers:
+            increments[field("workers_presumed_dead_total")] = float(workers)
+        self._add(increments)
+
     def callback_started(self, latency: float) -> None:
         self._add(histogram_fields("callback_latency_seconds", max(0.0, latency)))
 
@@ -200,6 +207,8 @@ class FleetCollector:
             "requests_total": "Requests ended, by outcome and error code",
             "generations_total": "Generations ended, by outcome",
             "polls_total": "Job-result and track-list polls",
+            "steps_released_total": "Steps the step watch handed out again, by cause",
+            "workers_presumed_dead_total": "Workers silent for SUBTITLE_TASKS_DEAD_AFTER, taken for dead",
         }
         for name, series in sorted(counters.items()):
             base = name[:-6] if name.endswith("_total") else name

@@ -49,6 +49,8 @@ from typing import Any, ClassVar
 
 from celery import Celery, bootsteps, signals
 
+from .metrics import Recorder
+
 log = logging.getLogger("subtitle_tasks.step_watch")
 
 OWNER_KEY = "subtitle_tasks_step_owner"  # request-dict entry: the worker that received the step
@@ -81,6 +83,7 @@ class StepWatch:
         self._paused_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.metrics = Recorder(store)
 
     # -- the consumer thread: no more than one Redis call, never raises ----------------
     def hold(self, request: Any) -> None:
@@ -126,6 +129,7 @@ class StepWatch:
             return 0
         released, dead = self.store.release_dead_steps(self.dead_after)
         if dead:
+            self.metrics.steps_released("dead_worker", released, workers=len(dead))
             log.warning("workers silent for %ss are presumed dead: %s; %d of their steps are due again",
                         self.dead_after, ", ".join(dead[:10]), released)
         if released:
@@ -151,7 +155,9 @@ class StepWatch:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         try:
-            if self.store.release_worker_steps(self.id):
+            released = self.store.release_worker_steps(self.id)
+            if released:
+                self.metrics.steps_released("shutdown", released)
                 self.on_released()
         except Exception as exc:  # then the others release them once this worker is silent
             log.warning("step watch could not hand back its steps at shutdown (%s)", type(exc).__name__)
@@ -255,6 +261,7 @@ def _on_task_failure(sender: Any = None, exception: Any = None, args: Any = None
         return
     try:
         if watch.store.release_lost_steps(watch.id, [generation_id]):
+            watch.metrics.steps_released("lost_child", 1)
             watch.on_released()
     except Exception as exc:
         log.warning("could not release step %s of a lost pool child (%s)", generation_id, type(exc).__name__)

@@ -708,7 +708,8 @@ class MemoryStore:
 
     def _release_step(self, worker: str, gid: str, now: float) -> int:
         token = self._keys.get(f"lock:gen:{gid}", now)
-        if isinstance(token, str) and token.startswith(worker + "/"):
+        mid_step = isinstance(token, str) and token.startswith(worker + "/")
+        if mid_step:
             self._keys.delete(f"lock:gen:{gid}")
         gen = self._gen(gid, now)
         if gen is not None and gen.get("phase") == DONE:  # it may have died notifying
@@ -721,13 +722,15 @@ class MemoryStore:
                         self._keys.delete(f"lock:notify:{rid}")
                     found = 1
             return found
-        if gen is None or gen.get("phase") is None or float(gen.get("due") or 0) > now:
-            return 0
         score = self._due.get(gid)
-        if score is not None and score > now:
-            self._due[gid] = now
-            return 1
-        return 0
+        if gen is None or gen.get("phase") is None or score is None or score <= now:
+            return 0
+        if mid_step:  # died inside the step: what it wrote on its way is not a schedule
+            gen["due"] = _stamp(now)
+        elif float(gen.get("due") or 0) > now:
+            return 0  # settled before its worker died
+        self._due[gid] = now
+        return 1
 
     def _forget_step_worker(self, worker: str, now: float) -> int:
         released = 0

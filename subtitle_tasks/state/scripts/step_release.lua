@@ -8,10 +8,11 @@
 --   or: prefix, 'lost', worker, gid...
 --         those holds of a live worker whose pool child died running them.
 -- For each held generation: the worker's lock on it (a token "worker/...") is
--- deleted, so the next holder need not wait for it to expire; and if the step is
--- still leased and unsettled (its schedule score lies ahead while its recorded due
--- time, which only advance.lua writes, has passed), its score becomes now. A step
--- that settled meanwhile keeps its own due time. A step that had ended its generation
+-- deleted, so the next holder need not wait for it to expire. If it held the lock, it
+-- died inside the step: the generation is due now. Otherwise, if the step is still
+-- leased and unsettled (its schedule score lies ahead while its recorded due time,
+-- which only advance.lua writes, has passed), its score becomes now; a step that
+-- settled meanwhile keeps its own due time. A step that had ended its generation
 -- may have died notifying: its requests still `finishing` become due for recovery now
 -- (score 0 in P:finishing) and the worker's notify locks on them are deleted.
 -- Returns {released, worker...} (the workers forgotten).
@@ -22,7 +23,8 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local function release(worker, gid)
   local lock_key = prefix .. ':lock:gen:' .. gid
   local token = redis.call('GET', lock_key)
-  if token and string.sub(token, 1, #worker + 1) == worker .. '/' then
+  local mid_step = token and string.sub(token, 1, #worker + 1) == worker .. '/'
+  if mid_step then
     redis.call('DEL', lock_key)
   end
   local gen = redis.call('HMGET', prefix .. ':gen:' .. gid, 'phase', 'site', 'due', 'subs')
@@ -42,17 +44,25 @@ local function release(worker, gid)
     end
     return found
   end
-  if (not phase) or due > now then
+  if not phase then
     return 0
   end
   local suffix = site == '' and '' or ':' .. site
   local set = prefix .. (phase == 'submit' and ':submit' or ':due') .. suffix
   local score = redis.call('ZSCORE', set, gid)
-  if score and tonumber(score) > now then
-    redis.call('ZADD', set, now, gid)
-    return 1
+  if not score or tonumber(score) <= now then
+    return 0
   end
-  return 0
+  if mid_step then
+    -- It died inside the step: whatever due time the step wrote on its way (a submit's
+    -- "POST may be going out" mark waits a lease) is not a schedule. Due now: the next
+    -- holder reconciles, and never POSTs again before the learned wait.
+    redis.call('HSET', prefix .. ':gen:' .. gid, 'due', string.format('%.6f', now))
+  elseif due > now then
+    return 0  -- it settled before its worker died: its next step keeps its time
+  end
+  redis.call('ZADD', set, now, gid)
+  return 1
 end
 
 local released, forgotten = 0, {}
