@@ -619,8 +619,11 @@ def test_four_processes_never_exceed_the_limit_in_any_window(redis_server, clien
     # The schedule the limiter handed out (server time) is exact; compare in
     # whole microseconds, as Redis does, so float rounding cannot blur a boundary.
     assert max_in_any_window([round(t * 1e6) for t in granted], round(window * 1e6)) == limit
-    # Every process got a share, and the fleet as a whole used the budget.
-    assert all(len(g) > 0 for g, _, _ in collected)
+    # Every process was served or told when to come back, the two that queue got a share
+    # (the impatient two may find every slot of a window already reserved: on a loaded
+    # machine one of them can go without), and the fleet as a whole used the budget.
+    assert all(g or r for g, _, r in collected)
+    assert sum(1 for g, _, _ in collected if g) >= 2
     assert len(granted) >= limit * int(duration / window)
     assert len(granted) <= limit * (int(duration / window) + 2)
     # What the processes actually did follows the schedule up to scheduling
