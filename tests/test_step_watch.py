@@ -150,20 +150,26 @@ def test_a_watch_hands_back_its_steps_when_the_worker_shuts_down():
 
 # -- a real fleet ----------------------------------------------------------------------------------
 
+def _slow_submit(h, sim, watches: int, upload: str, tag: str) -> tuple[str, str, float]:
+    """Once ``watches`` step watches beat, request a subtitle whose every API answer
+    takes 6 s; returns (generation id, its lock key, a deadline for the waits)."""
+    deadline = time.monotonic() + 60
+    while len(h.redis.zrange(f"{h.prefix}:stepworkers", 0, -1)) < watches:
+        assert time.monotonic() < deadline, "the workers' step watches never beat"
+        time.sleep(0.1)
+    sim.configure(faults={"slow": 1.0}, slow_seconds=6.0)
+    handle = request_subtitles(upload, "it", on_ready=record.s("ready", tag), on_error=record.s("error", tag))
+    gid = h.redis.hget(f"{h.prefix}:req:{handle.id}", "gen").decode()
+    return gid, f"{h.prefix}:lock:gen:{gid}", deadline
+
+
 @pytest.mark.slow
 def test_a_sigkilled_workers_submit_runs_elsewhere_long_before_its_lease(harness_factory, sim):
     # A long lease, and a POST answer that takes long, so the step is surely in flight
     # on one worker when it is killed; recovery by lease alone would take 30 s.
     h = harness_factory(SUBTITLE_TASKS_LEASE="30", SUBTITLE_TASKS_HTTP_TIMEOUT="10")
     workers = {name: h.worker(name=name, concurrency=1) for name in ("a", "b")}
-    deadline = time.monotonic() + 60
-    while len(h.redis.zrange(f"{h.prefix}:stepworkers", 0, -1)) < 2:  # both watches beat
-        assert time.monotonic() < deadline, "the workers' step watches never beat"
-        time.sleep(0.1)
-    sim.configure(faults={"slow": 1.0}, slow_seconds=6.0)
-    handle = request_subtitles("upload-kill", "it", on_ready=record.s("ready", "k"), on_error=record.s("error", "k"))
-    gid = h.redis.hget(f"{h.prefix}:req:{handle.id}", "gen").decode()
-    lock_key = f"{h.prefix}:lock:gen:{gid}"
+    _, lock_key, deadline = _slow_submit(h, sim, 2, "upload-kill", "k")
     holder = None
     while holder is None:  # the submit step has started: its lock names its worker
         assert time.monotonic() < deadline, "the submit step never started"
@@ -191,14 +197,7 @@ def test_a_pool_child_killed_mid_step_has_its_step_released_by_its_parent_at_onc
     # beating, releases what its lost child held instead of waiting for the lease.
     h = harness_factory(SUBTITLE_TASKS_LEASE="30", SUBTITLE_TASKS_HTTP_TIMEOUT="10")
     worker = h.worker(name="solo", concurrency=1)
-    deadline = time.monotonic() + 60
-    while not h.redis.zrange(f"{h.prefix}:stepworkers", 0, -1):
-        assert time.monotonic() < deadline, "the worker's step watch never beat"
-        time.sleep(0.1)
-    sim.configure(faults={"slow": 1.0}, slow_seconds=6.0)
-    handle = request_subtitles("upload-child", "it", on_ready=record.s("ready", "c"), on_error=record.s("error", "c"))
-    gid = h.redis.hget(f"{h.prefix}:req:{handle.id}", "gen").decode()
-    lock_key = f"{h.prefix}:lock:gen:{gid}"
+    gid, lock_key, deadline = _slow_submit(h, sim, 1, "upload-child", "c")
     first = None
     # Killed mid-POST: after the step marked "a POST may be going out" (which alone
     # would wait a lease before reconciling).
