@@ -54,6 +54,7 @@ from typing import Any, ClassVar
 from celery import Celery, bootsteps, signals
 
 from .callbacks import CALLBACK_HEADER
+from .heartbeats import LandedBeats
 from .once import OnceTask
 from .settings import Settings
 
@@ -393,8 +394,7 @@ class _Worker:
         self._learnt_at = 0.0
         self.fence = 0.0
         self.recording = False
-        self.beating_since: float | None = None  # start of the current run of landed beats
-        self.last_beat = 0.0
+        self.beats = LandedBeats()
         self._paused_until = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -457,9 +457,7 @@ class _Worker:
     def may_sweep(self) -> bool:
         """Judge others dead only after our own beats have landed for a whole lease: after
         an outage of the state Redis every worker's last beat is old, none is dead."""
-        now = time.monotonic()
-        return (self.beating_since is not None and now - self.beating_since >= self.settings.lease
-                and now - self.last_beat < self.settings.lease / 2)
+        return self.beats.steady_for(self.settings.lease)
 
     def run_beat(self) -> None:
         while not self._stop.is_set():
@@ -467,12 +465,10 @@ class _Worker:
                 try:
                     self.beat()
                 except Exception as exc:
-                    self.beating_since = None
+                    self.beats.failed()
                     log.warning("callback watch heartbeat failed (%s: %s)", type(exc).__name__, exc)
                 else:
-                    self.last_beat = time.monotonic()
-                    if self.beating_since is None:
-                        self.beating_since = self.last_beat
+                    self.beats.landed()
             elif self._off.is_set():
                 return
             self._wake.wait(self._interval())
@@ -507,17 +503,10 @@ class WatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassing t
 
     def start(self, worker: Any) -> None:
         global _worker
-        import redis
-
         from .runtime import runtime_for
-        from .state import RedisStore
 
         runtime = runtime_for(worker.app)
-        settings = runtime.settings
-        fast = RedisStore(redis.Redis.from_url(settings.require_state_url(), socket_timeout=1.0,
-                                               socket_connect_timeout=1.0),
-                          settings.key_prefix, settings.retention)
-        _worker = _Worker(worker.app, worker.hostname, settings, runtime.store, fast)
+        _worker = _Worker(worker.app, worker.hostname, runtime.settings, runtime.store, runtime.consumer_store)
         _worker.start()
         log.info("callback watch started (worker %s)", _worker.id)
 

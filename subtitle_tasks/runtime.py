@@ -52,6 +52,7 @@ class Runtime:
         self.sites = settings.site_registry()
         self._lock = threading.RLock()  # client_for builds the store under it
         self._store: RedisStore | None = None
+        self._consumer_store: RedisStore | None = None
         self._clients: dict[str, DatoCMSClient] = {}
 
     @property
@@ -62,6 +63,19 @@ class Runtime:
                     url = self.settings.require_state_url()
                     self._store = RedisStore(redis_client(url), self.settings.key_prefix, self.settings.retention)
         return self._store
+
+    @property
+    def consumer_store(self) -> RedisStore:
+        """The same state for a worker's consumer thread: 1 s timeouts and no retries, so a
+        slow Redis delays receiving messages by a second at most (the callback and step
+        watches record what a worker received through it, and skip a record rather than wait)."""
+        if self._consumer_store is None:
+            with self._lock:
+                if self._consumer_store is None:
+                    client = redis.Redis.from_url(self.settings.require_state_url(), socket_timeout=1.0,
+                                                  socket_connect_timeout=1.0)
+                    self._consumer_store = RedisStore(client, self.settings.key_prefix, self.settings.retention)
+        return self._consumer_store
 
     @property
     def metrics(self) -> Recorder:

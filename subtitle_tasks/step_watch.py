@@ -49,6 +49,7 @@ from typing import Any, ClassVar
 
 from celery import Celery, bootsteps, signals
 
+from .heartbeats import LandedBeats
 from .metrics import Recorder
 
 log = logging.getLogger("subtitle_tasks.step_watch")
@@ -78,8 +79,7 @@ class StepWatch:
         self.lease = lease  # a received step's claim is stretched to this (step_hold.lua)
         self.on_released = on_released
         self.clock = clock
-        self.beating_since: float | None = None  # start of the current run of landed beats
-        self.last_beat = 0.0
+        self.beats = LandedBeats(clock)
         self._paused_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,28 +103,23 @@ class StepWatch:
 
     # -- the beat thread -----------------------------------------------------------------
     def beat(self) -> None:
-        if not self.store.step_beat(self.id) and self.beating_since is not None:
+        if not self.store.step_beat(self.id) and self.beats.since is not None:
             log.error("this worker missed its heartbeats for %ss and was presumed dead: steps it held were handed "
                       "out again (a duplicate poll at worst)", self.dead_after)
 
     def may_release(self) -> bool:
-        """Judge others dead only after our own beats have landed for ``dead_after``: after
-        an outage of the state Redis every worker's last beat is old, and none is dead."""
-        now = self.clock()
-        return (self.beating_since is not None and now - self.beating_since >= self.dead_after
-                and now - self.last_beat < self.dead_after / 2)
+        """Judge others dead only after our own beats have landed for ``dead_after`` (heartbeats.py)."""
+        return self.beats.steady_for(self.dead_after)
 
     def tick(self) -> int:
         """One beat, then one release of dead workers' steps; returns how many were made due."""
         try:
             self.beat()
         except Exception as exc:
-            self.beating_since = None
+            self.beats.failed()
             log.warning("step watch heartbeat failed (%s: %s)", type(exc).__name__, exc)
             return 0
-        self.last_beat = self.clock()
-        if self.beating_since is None:
-            self.beating_since = self.last_beat
+        self.beats.landed()
         if not self.may_release():
             return 0
         released, dead = self.store.release_dead_steps(self.dead_after)
@@ -194,19 +189,13 @@ class StepWatchStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassi
 
     def start(self, worker: Any) -> None:
         global _watch
-        import redis
-
         from .dispatcher import hold_claims_as, wake_dispatchers
         from .runtime import runtime_for
-        from .state import RedisStore
 
         runtime = runtime_for(worker.app)
         settings = runtime.settings
-        fast = RedisStore(redis.Redis.from_url(settings.require_state_url(), socket_timeout=1.0,
-                                               socket_connect_timeout=1.0),
-                          settings.key_prefix, settings.retention)
-        _watch = StepWatch(runtime.store, fast, hostname=worker.hostname, heartbeat=settings.heartbeat,
-                           dead_after=settings.dead_after, lease=settings.lease,
+        _watch = StepWatch(runtime.store, runtime.consumer_store, hostname=worker.hostname,
+                           heartbeat=settings.heartbeat, dead_after=settings.dead_after, lease=settings.lease,
                            on_released=lambda: wake_dispatchers(sweep=True), app=worker.app)
         hold_claims_as(current_id)
         _watch.start()

@@ -304,11 +304,11 @@ def test_a_worker_judges_others_only_after_its_own_beats_landed_for_a_lease():
     worker = callback_watch._Worker(None, "host", SimpleNamespace(lease=LEASE), None, None)
     assert not worker.may_sweep()
     now = time.monotonic()
-    worker.beating_since, worker.last_beat = now - LEASE / 2, now
+    worker.beats.since, worker.beats.last = now - LEASE / 2, now
     assert not worker.may_sweep()
-    worker.beating_since = now - LEASE
+    worker.beats.since = now - LEASE
     assert worker.may_sweep()
-    worker.last_beat = now - LEASE  # its beats stopped landing since
+    worker.beats.last = now - LEASE  # its beats stopped landing since
     assert not worker.may_sweep()
 
 

@@ -27,8 +27,8 @@ from tests.test_store_contract import subject as subject
 LEASE = 60.0
 
 
-def _claim(store, *gids: str) -> None:
-    claimed = [g for g, _ in store.claim_due(LEASE, 100)]
+def _claim(store, *gids: str, lease: float = LEASE) -> None:
+    claimed = [g for g, _ in store.claim_due(lease, 100)]
     assert sorted(claimed) == sorted(gids)
 
 
@@ -276,7 +276,7 @@ def test_a_worker_that_died_notifying_has_its_requests_due_for_recovery_now(subj
 
 def test_a_received_step_has_its_short_delivery_lease_stretched_to_the_full_lease(subject, store):
     received, lost = new(store, upload="u1"), new(store, upload="u2")
-    _claim_for(store, 2.0, received.generation_id, lost.generation_id)  # the delivery lease
+    _claim(store, received.generation_id, lost.generation_id, lease=2.0)  # the delivery lease
     store.step_hold("w1@h", received.generation_id, time.time(), lease=LEASE)
     subject.wait(2.5)
     # The message no worker received (lost on its way) is due again after the delivery
@@ -286,7 +286,7 @@ def test_a_received_step_has_its_short_delivery_lease_stretched_to_the_full_leas
 
 def test_stretching_never_shortens_a_lease_nor_touches_a_settled_step(subject, store):
     gid = new(store).generation_id
-    _claim_for(store, 10.0, gid)
+    _claim(store, gid, lease=10.0)
     store.step_hold("w1@h", gid, time.time(), lease=1.0)  # already leased longer: left alone
     subject.wait(1.5)
     assert store.claim_due(LEASE, 100) == []
@@ -294,22 +294,3 @@ def test_stretching_never_shortens_a_lease_nor_touches_a_settled_step(subject, s
     store.step_hold("w1@h", gid, time.time(), lease=LEASE)  # a duplicate delivery received late
     gen = store.load_generation(gid)
     assert gen.due - gen.now > 400
-
-
-def _claim_for(store, lease: float, *gids: str) -> None:
-    assert sorted(g for g, _ in store.claim_due(lease, 100)) == sorted(gids)
-
-
-def test_a_worker_killed_mid_post_has_its_submit_reconciled_now_not_a_lease_later(subject, store):
-    gid = new(store).generation_id
-    _claim(store, gid)
-    store.step_beat("w1@h")
-    store.step_hold("w1@h", gid, time.time())
-    token = store.lock(f"gen:{gid}", LEASE, owner="w1@h")
-    # The submit marked "a POST may be going out" (due a lease later), then died posting.
-    assert store.advance(gid, LEASE, fence=(f"gen:{gid}", token), posted_at=time.time())
-    subject.wait(1.2)
-    assert store.release_dead_steps(stale=1.0) == (1, ["w1@h"])
-    assert [g for g, _ in store.claim_due(LEASE, 100)] == [gid]
-    gen = store.load_generation(gid)
-    assert gen.posted_at is not None and gen.due <= gen.now + 0.001  # due: the next holder reconciles
