@@ -167,6 +167,15 @@ class MemoryStore:
         self._due.pop(gid, None)
         self._slot.pop(gid, None)
 
+    def _mapping(self, key: str, now: float) -> dict[str, Any]:
+        """The hash or sorted set at ``key``, created empty if absent (as HSET or ZADD
+        creates it), keeping the expiry of one that exists."""
+        value: dict[str, Any] | None = self._keys.get(key, now)
+        if value is None:
+            value = {}
+            self._keys.set(key, value, now=now)
+        return value
+
     @staticmethod
     def _first_by_score(scores: dict[str, float], upto: float, limit: int) -> list[str]:
         """ZRANGEBYSCORE -inf upto LIMIT 0 limit: by score, ties by member; a negative limit means all."""
@@ -326,11 +335,7 @@ class MemoryStore:
             if out:
                 self._claim_turn += 1
                 if holder:  # held until step_published (step watch)
-                    claims = self._keys.get(f"stepclaim:{holder}", now)
-                    if claims is None:
-                        claims = {}
-                        self._keys.set(f"stepclaim:{holder}", claims, now=now)
-                    claims.update({gid: f"{now:.3f}" for gid, _ in out})
+                    self._mapping(f"stepclaim:{holder}", now).update({gid: f"{now:.3f}" for gid, _ in out})
             return out
 
     def release(self, generation_id: str) -> None:
@@ -584,11 +589,7 @@ class MemoryStore:
 
     # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
     def _watch_workers(self, now: float) -> dict[str, float]:
-        workers: dict[str, float] | None = self._keys.get("cbworkers", now)  # worker -> last beat
-        if workers is None:
-            workers = {}
-            self._keys.set("cbworkers", workers, now=now)
-        return workers
+        return self._mapping("cbworkers", now)  # worker -> last beat
 
     def watch_beat(self, worker: str, broker: str, fence: float) -> bool:
         with self._lock:
@@ -652,11 +653,7 @@ class MemoryStore:
 
     # -- step watch (subtitle_tasks/step_watch.py; step_*.lua's rules) -----------------
     def _step_workers(self, now: float) -> dict[str, float]:
-        workers: dict[str, float] | None = self._keys.get("stepworkers", now)
-        if workers is None:
-            workers = {}
-            self._keys.set("stepworkers", workers, now=now)
-        return workers
+        return self._mapping("stepworkers", now)  # worker -> last beat
 
     def step_beat(self, worker: str) -> bool:
         with self._lock:
@@ -673,11 +670,7 @@ class MemoryStore:
     def step_hold(self, worker: str, generation_id: str, received_at: float, lease: float = 0.0) -> None:
         with self._lock:
             now = self._now()
-            holds = self._keys.get(f"stephold:{worker}", now)
-            if holds is None:
-                holds = {}
-                self._keys.set(f"stephold:{worker}", holds, now=now)
-            holds[generation_id] = f"{received_at:.3f}"
+            self._mapping(f"stephold:{worker}", now)[generation_id] = f"{received_at:.3f}"
             gen = self._gen(generation_id, now)
             if lease <= 0 or gen is None or gen.get("phase") == DONE or float(gen.get("due") or 0) > now:
                 return
