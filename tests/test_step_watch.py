@@ -294,3 +294,18 @@ def test_stretching_never_shortens_a_lease_nor_touches_a_settled_step(subject, s
     store.step_hold("w1@h", gid, time.time(), lease=LEASE)  # a duplicate delivery received late
     gen = store.load_generation(gid)
     assert gen.due - gen.now > 400
+
+
+def test_a_worker_killed_mid_post_has_its_submit_reconciled_now_not_a_lease_later(subject, store):
+    gid = new(store).generation_id
+    _claim(store, gid)
+    store.step_beat("w1@h")
+    store.step_hold("w1@h", gid, time.time())
+    token = store.lock(f"gen:{gid}", LEASE, owner="w1@h")
+    # The submit marked "a POST may be going out" (due a lease later), then died posting.
+    assert store.advance(gid, LEASE, fence=(f"gen:{gid}", token), posted_at=time.time())
+    subject.wait(1.2)
+    assert store.release_dead_steps(stale=1.0) == (1, ["w1@h"])
+    assert [g for g, _ in store.claim_due(LEASE, 100)] == [gid]
+    gen = store.load_generation(gid)
+    assert gen.posted_at is not None and gen.due <= gen.now + 0.001  # due: the next holder reconciles
