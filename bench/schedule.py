@@ -3,6 +3,7 @@
     python -m bench.schedule                  # 4 shapes x 4 policies, 3,000 generations each (~20 s)
     python -m bench.schedule --real           # plus the real-process check on one shape (~2 min more)
     python -m bench.schedule --generations 500 --shapes wide   # smoke run
+    python -m bench.schedule --target 8       # another trade-off (SUBTITLE_TASKS_POLL_TARGET)
 
 Issue #10, items 1-2. Each shape draws, from its own seed, an arrival time, a job
 duration (POST accepted -> job result 200) and a preparing time (job done -> track
@@ -47,14 +48,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from subtitle_tasks import schedule
 from subtitle_tasks.datocms.resources import UploadTrack
 from subtitle_tasks.pipeline import Pipeline
-from subtitle_tasks.settings import load_settings
+from subtitle_tasks.settings import Settings, load_settings
 from subtitle_tasks.state import DONE
 from subtitle_tasks.state.stub import MemoryStore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-POLICIES = ("learned", "official", "fixed 1 s", "exponential")
+POLICIES = ("learned", "official", "fixed 1 s", "exponential", "knows the distribution")
 START = 1_800_000_000.0  # the simulated clock's origin (any value: only differences count)
 
 
@@ -170,14 +172,17 @@ class ScriptedDatoCMS:
 
 
 def run_pipeline(policy: str, draws: Draws, *, seed: int, poll_initial: float = 1.0, poll_max: float = 60.0,
-                 dispatch_interval: float = 1.0) -> tuple[list[Outcome], MemoryStore]:
+                 dispatch_interval: float = 1.0, poll_target: float | None = None) -> tuple[list[Outcome], MemoryStore]:
     """Every generation through Pipeline.advance, steps run at dispatcher ticks."""
     clock = _Clock()
     store = MemoryStore(clock=clock)
     outcomes = [Outcome() for _ in draws.arrivals]
     api = ScriptedDatoCMS(clock, draws, outcomes)
-    settings = load_settings({"poll_policy": policy, "poll_initial": poll_initial, "poll_max": poll_max,
-                              "dispatch_interval": dispatch_interval}, environ={})
+    overrides: dict[str, Any] = {"poll_policy": policy, "poll_initial": poll_initial, "poll_max": poll_max,
+                                 "dispatch_interval": dispatch_interval}
+    if poll_target is not None:
+        overrides["poll_target"] = poll_target
+    settings = load_settings(overrides, environ={})
     pipeline = Pipeline(settings, store, lambda site: api, lambda request_id: None,
                         rng=random.Random(f"jitter:{seed}").random)
 
@@ -246,15 +251,43 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
     }
 
 
+def run_known(draws: Draws, target: float, warmup: int, unit: float = 1.0) -> list[Outcome]:
+    """A floor to measure against: the schedule's own plan made from the exact histogram
+    of this shape's ready times (every draw after the warm-up, nothing decayed), with the
+    target set to the official client's p95 on the same draws; polls at exact times, no
+    dispatcher, plus the one snapshot GET ours makes. Only a schedule told the
+    distribution in advance could do this; it estimates the least a poll-only schedule
+    that must identify its track spends for that p95."""
+    ready = [job + prep for job, prep in zip(draws.jobs, draws.preparing, strict=True)]
+    stats: list[float] | None = None
+    for seconds in ready[warmup:]:
+        stats = schedule.update(stats, seconds, decay=1.0)
+    polls = schedule.poll_times(stats, target=target, initial=unit, maximum=60.0 * unit,
+                                horizon=max(ready) + 120.0 * unit)
+    outcomes = []
+    for seconds in ready:
+        seen = next((i for i, t in enumerate(polls) if t >= seconds), None)
+        if seen is None:  # past the plan: the geometric tail would find it; count the plan only
+            outcomes.append(Outcome(requests=1 + len(polls)))
+            continue
+        outcomes.append(Outcome(requests=2 + seen, delay=polls[seen] - seconds))
+    return outcomes
+
+
 def run_policies(draws: Draws, policies: list[str], *, warmup: int, seed: int, scale: float = 1.0,
-                 dispatch_interval: float = 1.0) -> dict[str, Any]:
+                 dispatch_interval: float = 1.0, target: float | None = None) -> dict[str, Any]:
     """Every policy on the same draws; times (and the poll settings) scaled by ``scale``."""
     out: dict[str, Any] = {}
-    for policy in policies:
+    if "knows the distribution" in policies and "official" not in policies:
+        policies = [*policies, "official"]  # its target is the official client's p95
+    for policy in sorted(policies, key=lambda p: p == "knows the distribution"):
         started = time.perf_counter()
-        if policy in ("learned", "exponential"):
+        if policy == "knows the distribution":
+            outcomes = run_known(draws, out["official"]["steady"]["p95"], warmup, unit=scale)
+        elif policy in ("learned", "exponential"):
             outcomes, _ = run_pipeline(policy, draws, seed=seed, poll_initial=1.0 * scale, poll_max=60.0 * scale,
-                                       dispatch_interval=dispatch_interval * scale)
+                                       dispatch_interval=dispatch_interval * scale,
+                                       poll_target=None if target is None else target * scale)
         else:
             outcomes = run_client("official" if policy == "official" else "fixed", draws, unit=scale)
         out[policy] = {"steady": summarise(outcomes[warmup:]), "cold_start": summarise(outcomes[:warmup]),
@@ -273,7 +306,7 @@ def run_shape(shape: str, args: argparse.Namespace) -> dict[str, Any]:
     draws = draw(shape, args.generations, args.seed, args.spacing)
     return {"shape": shape, "description": SHAPES[shape][1],
             "policies": run_policies(draws, args.policies, warmup=args.warmup, seed=args.seed,
-                                     dispatch_interval=args.dispatch_interval)}
+                                     dispatch_interval=args.dispatch_interval, target=args.target)}
 
 
 def _fmt(value: float, digits: int = 1) -> str:
@@ -332,6 +365,7 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
         "SUBTITLE_TASKS_POLL_POLICY": "learned",
         "SUBTITLE_TASKS_POLL_INITIAL": repr(1.0 * scale), "SUBTITLE_TASKS_POLL_MAX": repr(60.0 * scale),
         "SUBTITLE_TASKS_DISPATCH_INTERVAL": repr(args.dispatch_interval * scale),
+        "SUBTITLE_TASKS_POLL_TARGET": repr((args.target or Settings.poll_target) * scale),
         "SUBTITLE_TASKS_RATE_LIMIT": "100000", "SUBTITLE_TASKS_LEASE": "3", "SUBTITLE_TASKS_HTTP_TIMEOUT": "1",
     }
     seen: dict[str, tuple[str, float]] = {}  # upload -> (callback kind, when its record appeared)
@@ -392,7 +426,7 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
     callbacks = [seen[u][1] - timed[u][1] for u in (f"sched-{i}" for i in range(warm, n))
                  if u in seen and u in timed and seen[u][0] == "ready"]
     simulated = run_policies(draws, ["learned", "official", "exponential"], warmup=warm, seed=args.seed + 1,
-                             scale=scale, dispatch_interval=args.dispatch_interval)
+                             scale=scale, dispatch_interval=args.dispatch_interval, target=args.target)
     return {
         "shape": args.real_shape, "description": SHAPES[args.real_shape][1], "scale": scale, "generations": n,
         "warmup": warm, "spacing_seconds": args.real_spacing, "settings": settings,
@@ -431,8 +465,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, default=5.0, help="mean seconds between arrivals")
     parser.add_argument("--dispatch-interval", type=float, default=1.0, help="SUBTITLE_TASKS_DISPATCH_INTERVAL")
     parser.add_argument("--seed", type=int, default=10)
-    parser.add_argument("--poll-cost", type=float, nargs=2, metavar=("JOB", "TRACK"),
-                        help="schedule.POLL_COST for this run (the trade-off between requests and delay)")
+    parser.add_argument("--target", type=float, default=None,
+                        help="SUBTITLE_TASKS_POLL_TARGET for this run (the trade-off between requests and delay)")
     parser.add_argument("--real", action="store_true", help="also the real-process check")
     parser.add_argument("--real-shape", default="wide", choices=list(SHAPES))
     parser.add_argument("--real-scale", type=float, default=0.1, help="durations and poll settings times this")
@@ -443,10 +477,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
 
-    if args.poll_cost:
-        from subtitle_tasks import schedule
-
-        schedule.POLL_COST.update(job=args.poll_cost[0], track=args.poll_cost[1])
     started = time.perf_counter()
     results = [run_shape(shape, args) for shape in args.shapes]
     print(f"## Simulated: after the first {args.warmup} of {args.generations} generations per shape\n")

@@ -201,14 +201,29 @@ class Pipeline:
         return job_id, body_type
 
     def _poll_job(self, gen: Generation) -> str:
-        track = self.client_for(gen.site).get_job_result(gen.job_id)
+        listed = self._look_in_track_list(gen)
+        if listed:
+            # The upload's track list shows the new track with its current status, so one
+            # request can see it ready; the job result only shows it as the job left it.
+            track = self._find_new_track(gen, gen.known_tracks)
+        else:
+            track = self.client_for(gen.site).get_job_result(gen.job_id)
         if track is None:
             self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0, **self._polled(gen))
             return "job-pending"
-        self._learn(gen, JOB)
         if gen.visibility_probe and gen.phase_clock:  # the track exists by now: an upper bound
             self._record(gen.site, repost.VISIBLE, gen.now - gen.phase_clock[0])
-        return self._on_track(gen, track)
+        return self._on_track(gen, track, current=listed)
+
+    def _look_in_track_list(self, gen: Generation) -> bool:
+        """Whether this job poll looks for the new track in the upload's list rather than
+        asking for the job result: once the site's timing is learned (schedule.py), while
+        the time since the POST is within what was observed. Past that, and while cold,
+        the job result, which alone can tell that a job failed."""
+        if self.settings.poll_policy != "learned" or not gen.phase_clock:
+            return False
+        stats = self._timing_stats(gen.site, schedule.READY)
+        return schedule.is_warm(stats) and gen.now - gen.phase_clock[0] < schedule.horizon(stats)
 
     def _watch_track(self, gen: Generation) -> str:
         tracks = self.client_for(gen.site).list_tracks(gen.upload_id)
@@ -219,23 +234,27 @@ class Pipeline:
         return self._on_track(gen, track)
 
     # -- outcomes ---------------------------------------------------------------------
-    def _on_track(self, gen: Generation, track: UploadTrack) -> str:
+    def _on_track(self, gen: Generation, track: UploadTrack, current: bool = True) -> str:
+        """Act on our track as a look found it: ``current`` when from the upload's track
+        list, False when from a job result (the track as it was when the job ended)."""
         if track.is_ready or track.is_errored:
-            self._learn(gen, TRACK)
+            self._learn(gen)
         if track.is_ready:
             return self._finish(gen, OUTCOME_READY, track.resource)
         if track.is_errored:
             message = track.error or "DatoCMS marked the track as errored without a reason"
             return self._fail(gen, ErrorCode.TRACK_ERRORED, message, track_id=track.id)
-        if gen.phase == TRACK:
-            attempts, clock = gen.attempts + 1, self._polled(gen)
-            delay = self._poll_delay(gen, attempts)
-        else:
-            # A job result shows the track as it was when the job finished, so the track's
-            # clock starts then (estimated as the job's observed end), known preparing at 0.
-            attempts, start = 0, self._job_done_at(gen)
-            clock = {"phase_clock": (start, 0.0)}
-            delay = self._poll_delay(gen, attempts, phase=TRACK, elapsed=gen.now - start, running_at=0.0)
+        # Still preparing. The clock keeps running from the POST; what is known is that the
+        # track was not ready now (a list) or when the job ended (a job result).
+        seen_at = gen.now if current or gen.phase != JOB else self._job_done_at(gen)
+        clock: dict[str, Any] = {}
+        running_at = None
+        if gen.phase_clock:
+            running_at = seen_at - gen.phase_clock[0]
+            clock = {"phase_clock": (gen.phase_clock[0], running_at)}
+        # A new track phase restarts the cold schedule at its first gap, as the official client does.
+        attempts = gen.attempts + 1 if gen.phase == TRACK else 0
+        delay = self._poll_delay(gen, attempts, phase=TRACK, running_at=running_at)
         self._schedule(gen, delay, phase=TRACK, track_id=track.id,
                        attempts=attempts, errors=0, posted_at=None, visibility_probe=False, **clock)
         return "track-preparing"
@@ -297,41 +316,47 @@ class Pipeline:
         (policy ``exponential``, a cold histogram, a generation without a phase clock)."""
         n = gen.attempts if attempts is None else attempts
         phase = phase or gen.phase
-        if elapsed is None and gen.phase_clock and phase == gen.phase:
-            elapsed = gen.now - gen.phase_clock[0]
+        if elapsed is None and gen.phase_clock:
+            elapsed = gen.now - gen.phase_clock[0]  # the clock runs from the POST, through both phases
         stats = None
-        if self.settings.poll_policy == "learned" and phase in schedule.POLL_COST and elapsed is not None:
-            stats = self._timing_stats(gen.site, phase)
-        cost = schedule.POLL_COST.get(phase, 1.0) * self.settings.poll_initial
-        return schedule.next_delay(stats, elapsed or 0.0, n, poll_cost=cost, initial=self.settings.poll_initial,
-                                   maximum=self.settings.poll_max, remaining=gen.deadline - gen.now, rng=self.rng,
-                                   cold=cold, running_at=running_at)
+        if self.settings.poll_policy == "learned" and phase in (JOB, TRACK) and elapsed is not None:
+            stats = self._timing_stats(gen.site, schedule.READY)
+        return schedule.next_delay(stats, elapsed or 0.0, n, target=self._poll_target(),
+                                   initial=self.settings.poll_initial, maximum=self.settings.poll_max,
+                                   remaining=gen.deadline - gen.now, rng=self.rng, cold=cold, running_at=running_at)
 
-    # -- learning how long phases take (schedule.py) ----------------------------------
+    def _poll_target(self) -> float:
+        """The learned schedule's target delay, less the half dispatcher tick a due step
+        waits on average before it runs (the app hears of it then, not when it was due)."""
+        return max(0.0, self.settings.poll_target - self.settings.dispatch_interval / 2)
+
+    # -- learning how long a generation takes (schedule.py) -------------------------------
     @staticmethod
     def _polled(gen: Generation) -> dict[str, Any]:
-        """The phase clock after a poll that found the phase still running."""
+        """The clock after a poll that found the track not ready yet."""
         if not gen.phase_clock:
             return {}
         return {"phase_clock": (gen.phase_clock[0], gen.now - gen.phase_clock[0])}
 
     def _job_done_at(self, gen: Generation) -> float:
-        """When the job finished, as observed: between the last two job polls (their midpoint)."""
+        """When the job finished, as observed: between the last two polls (their midpoint)."""
         if gen.phase != JOB or not gen.phase_clock:
             return gen.now
         start, last = gen.phase_clock
         return start + schedule.observed(last, gen.now - start)
 
-    def _learn(self, gen: Generation, phase: str) -> None:
-        """Record how long the phase that just ended took, in the site's histogram of it."""
-        if gen.phase != phase or not gen.phase_clock:
+    def _learn(self, gen: Generation) -> None:
+        """Record how long the generation took from its POST to its track's end, in the
+        site's histogram."""
+        if gen.phase not in (JOB, TRACK) or not gen.phase_clock:
             return
         start, last = gen.phase_clock
-        self._record(gen.site, phase, schedule.observed(last, gen.now - start))
+        # Ready somewhere between the last look that saw it not ready and now.
+        self._record(gen.site, schedule.READY, max(0.0, min(last, gen.now - start)), until=gen.now - start)
 
-    def _record(self, site: str, phase: str, seconds: float) -> None:
+    def _record(self, site: str, phase: str, seconds: float, until: float | None = None) -> None:
         try:
-            self.store.record_timing(site, phase, seconds, schedule.DECAY)
+            self.store.record_timing(site, phase, seconds, schedule.DECAY, until)
         except Exception as exc:  # learning only tunes timing: it never fails a step
             log.warning("site %s: could not record a %s duration: %s", site or "default", phase, exc)
 

@@ -1,32 +1,42 @@
-"""When to poll next, learned from how long a site's jobs and tracks actually take.
+"""When to poll next, learned from how long a site's subtitles actually take.
 
 Pure functions: nothing here sleeps, reads a clock or touches Redis. The store keeps
-one small histogram per (site, phase) and the pipeline hands it in.
+one small histogram per site and the pipeline hands it in.
 
-What is learned. For each phase (``job``: POST accepted -> job result 200; ``track``:
-job done -> track ``ready``/``errored``) a histogram of observed durations over fixed
-log-spaced buckets (:data:`BUCKETS` of them, each :data:`RATIO` times as wide as the one
-before, from :data:`BASE` seconds; the first holds everything shorter, the last
-everything longer). Each observation first multiplies every count by ``decay`` and
-then adds 1, so the histogram weighs the last ``1 / (1 - decay)`` generations (100 with
-:data:`DECAY`) and follows a change within about that many. It assumes nothing about
-the shape of the distribution.
+What is learned. How long a generation takes from its POST being accepted to its
+track being ``ready`` (or ``errored``): one duration, job and preparing together,
+because that is the only moment the app waits for. A histogram of observed durations
+over fixed log-spaced buckets (:data:`BUCKETS` of them, each :data:`RATIO` times as
+wide as the one before, from :data:`BASE` seconds; the first holds everything shorter,
+the last everything longer). Each observation first multiplies every count by
+``decay`` and then adds 1, so the histogram weighs the last ``1 / (1 - decay)``
+generations (100 with :data:`DECAY`) and follows a change within about that many. It
+assumes nothing about the shape of the distribution.
 
-Censoring. A poll only tells "done between the previous poll and this one", so an
-observation is the midpoint of that interval (:func:`observed`), always.
+Censoring. A poll only tells "ready between the previous look and this one", so an
+observation is that interval, its weight spread evenly over it (:func:`spread`).
 
-Where polls go. Given the histogram (its CDF ``F``, linear inside a bucket), the time
-already spent in the phase and that the phase is not done yet, the next poll time is
-the one of an optimal schedule for "one poll costs ``poll_cost`` seconds of detection
-delay": a small dynamic program over a grid of candidate times (bucket edges, each
-bucket split in three, about 5 % steps) minimises ``poll_cost * E[polls] + E[time from
-done to the poll that sees it]``. So the first poll lands near the low end of the
-observed durations, polls are dense where the probability of finishing is high and
-sparse where it is low (none where nothing finishes), no two polls are closer than
+Where polls go. The caller names a ``target``: how late after a track becomes ready a
+poll may see it, for :data:`QUANTILE` (95 %) of tracks. Given the histogram (its CDF
+``F``, linear inside a bucket), the schedule is the one with the fewest expected polls
+whose planned share of tracks seen later than ``target`` is at most 5 %: a small
+dynamic program over a grid of candidate times (bucket edges, each bucket split in at
+least three, in steps of at most a sixth of the target, :data:`GRID` points at most)
+minimises ``E[polls] + weight * P(seen late)``, and ``weight`` is found by bisection
+as the smallest that keeps the planned late share within 5 %. (Over a span longer
+than GRID sixths of the target, the grid's steps, and so the gaps, are coarser than
+the target: a 6 s target is kept up to a span of 400 s of observed durations.)
+So the first poll lands near the low end of the observed durations, polls are dense
+where tracks become ready and sparse or absent where none do, and the 5 % the target
+lets go is spent where it saves the most polls. No two polls are closer than
 ``initial`` (SUBTITLE_TASKS_POLL_INITIAL) or further apart than ``maximum``
-(SUBTITLE_TASKS_POLL_MAX), and past the last observed duration the gaps grow
-geometrically (:data:`GROWTH`), capped at ``maximum``. A poll may come up to
-:data:`JITTER` early, never late; none is scheduled past the deadline.
+(SUBTITLE_TASKS_POLL_MAX); past the last observed duration the gaps grow geometrically
+(:data:`GROWTH`), capped at ``maximum``. A poll may come up to :data:`JITTER` early,
+never late; none is scheduled past the deadline.
+
+Re-planning. Each step asks for the next poll only, conditioned on what is known: the
+track was not ready at ``running_at`` seconds (the latest look); the dynamic
+program's future costs are those of the plan made from the POST.
 
 Cold start. Until a histogram holds :data:`WARM` (decayed) observations the schedule
 is the one before learning: :func:`~subtitle_tasks.backoff.capped_exponential`.
@@ -44,9 +54,33 @@ from functools import lru_cache
 from .backoff import capped_exponential
 
 __all__ = [
-    "BASE", "BUCKETS", "DECAY", "GROWTH", "JITTER", "POLL_COST", "PRUNE", "RATIO", "WARM", "bucket_of", "cdf",
-    "decode", "encode", "is_warm", "lower_edge", "next_delay", "observed", "poll_times", "quantile", "update",
-    "upper_edge", "valid_duration", "weight",
+    "BASE",
+    "BUCKETS",
+    "DECAY",
+    "GROWTH",
+    "JITTER",
+    "PRUNE",
+    "QUANTILE",
+    "RATIO",
+    "READY",
+    "WARM",
+    "bucket_of",
+    "cdf",
+    "decode",
+    "encode",
+    "horizon",
+    "is_warm",
+    "lower_edge",
+    "next_delay",
+    "observed",
+    "planned_late_share",
+    "poll_times",
+    "quantile",
+    "spread",
+    "update",
+    "upper_edge",
+    "valid_duration",
+    "weight",
 ]
 
 BASE = 0.5       # seconds: the first bucket holds [0, BASE)
@@ -56,14 +90,12 @@ DECAY = 0.99     # per observation: the histogram weighs about the last 100 gene
 WARM = 10.0      # decayed observations before the learned schedule replaces the cold one
 GROWTH = 1.5     # past the learned tail: the next poll at 1.5x the time spent so far
 JITTER = 0.1     # a poll may come up to 10 % early, so generations started together drift apart
+GRID = 400       # at most about this many candidate poll times in a plan (it costs O(GRID^2) at worst)
+MAX_PARTS = 24   # and at most this many inside one bucket
 PRUNE = 1e-3     # counts below this are dropped: they weigh nothing and would only lengthen the key
 
-# What one request is worth in detection delay, per phase, in units of the smallest gap
-# (SUBTITLE_TASKS_POLL_INITIAL, 1 s by default), so the policy scales with the settings.
-# The job phase's is higher: a job seen late is mostly absorbed by the track's own
-# preparing time, which the track phase (its clock starts when the job is estimated
-# done) then waits out. Tuned with bench/schedule.py (see bench/README.md).
-POLL_COST = {"job": 1.0, "track": 0.5}
+QUANTILE = 0.95  # the share of tracks the target delay applies to
+READY = "ready"  # the timing histogram's name: POST accepted -> track ready (or errored)
 
 
 def lower_edge(index: int) -> float:
@@ -98,21 +130,47 @@ def valid_duration(seconds: float) -> bool:
     return isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0
 
 
-def update(stats: Sequence[float] | None, seconds: float, decay: float = DECAY) -> list[float]:
+def spread(low: float, high: float) -> list[tuple[int, float]]:
+    """One observation known only to lie within [low, high], as (bucket, weight) pairs
+    summing to 1: shared among the buckets the interval overlaps in proportion to the
+    overlap (uniform inside it). A point (high <= low) goes whole to its bucket.
+
+    Why not the midpoint: the schedule puts polls at the same places for every
+    generation of a site, so midpoints would pile all the mass of a gap onto one spot
+    and leave the stretch just after each poll looking empty, where the next plan would
+    then leave a wide gap. Spreading keeps what the polls could not tell apart smooth.
+    """
+    low = max(0.0, low)
+    if not high > low:
+        return [(bucket_of(low), 1.0)]
+    pairs: list[tuple[int, float]] = []
+    for index in range(bucket_of(low), bucket_of(high) + 1):
+        top = math.inf if index == BUCKETS - 1 else upper_edge(index)
+        overlap = min(high, top) - max(low, lower_edge(index))
+        if overlap > 0:
+            pairs.append((index, overlap))
+    total = sum(w for _, w in pairs)
+    return [(index, w / total) for index, w in pairs] if total > 0 else [(bucket_of(low), 1.0)]
+
+
+def update(stats: Sequence[float] | None, seconds: float, decay: float = DECAY,
+           until: float | None = None) -> list[float]:
     """The histogram after one more observation: every count times ``decay`` (counts
-    below :data:`PRUNE` dropped), then +1 in the bucket of ``seconds``. A duration that
-    is negative or not finite changes nothing.
+    below :data:`PRUNE` dropped), then +1 in the bucket of ``seconds``, or spread over
+    [seconds, until] (:func:`spread`) when the observation is an interval. A duration
+    that is negative or not finite changes nothing.
 
     The store's Lua script does the same arithmetic (``record_timing``).
     """
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be within (0, 1], got {decay!r}")
     counts = _counts(stats)
-    if not valid_duration(seconds):
+    if not valid_duration(seconds) or (until is not None and not valid_duration(until)):
         return counts
     counts = [c * decay for c in counts]
     counts = [c if c >= PRUNE else 0.0 for c in counts]
-    counts[bucket_of(seconds)] += 1.0
+    for index, share in spread(seconds, seconds if until is None else until):
+        counts[index] += share
     return counts
 
 
@@ -188,24 +246,31 @@ def quantile(stats: Sequence[float] | None, p: float) -> float:
 
 @dataclass(frozen=True)
 class _Plan:
-    times: tuple[float, ...]   # candidate poll times, seconds into the phase
+    times: tuple[float, ...]   # candidate poll times, seconds since the POST
     done: tuple[float, ...]    # F at each
-    area: tuple[float, ...]    # integral of F from 0 to each
+    late: tuple[float, ...]    # F(t - target) at each: what a poll at t sees later than the target
+    weight: float              # what one late track costs, in polls (the Lagrange multiplier)
     future: tuple[float, ...]  # optimal cost from a poll at each (not done there) onwards, unnormalised
+    miss: float                # the planned share of tracks seen later than the target
 
-    def at(self, t: float) -> tuple[float, float]:
-        """F(t) and its integral from 0, for any t (F is linear between grid points)."""
-        times, done, area = self.times, self.done, self.area
-        if t <= times[0]:
-            return 0.0, 0.0  # the grid starts where the data does: F is 0 before it
-        k = min(bisect.bisect_right(times, t) - 1, len(times) - 2)
-        f = done[k] + (done[k + 1] - done[k]) * (t - times[k]) / (times[k + 1] - times[k])
-        return f, area[k] + (done[k] + f) / 2 * (t - times[k])
+    def at(self, t: float) -> float:
+        """F(t) for any t (F is linear between grid points, 0 before the data)."""
+        return _interpolate(self.times, self.done, t)
 
 
-def _grid(counts: list[float], min_gap: float) -> tuple[list[float], list[float]]:
+def _interpolate(times: Sequence[float], done: Sequence[float], t: float) -> float:
+    if t <= times[0]:
+        return 0.0
+    if t >= times[-1]:
+        return 1.0
+    k = bisect.bisect_right(times, t) - 1
+    return done[k] + (done[k + 1] - done[k]) * (t - times[k]) / (times[k + 1] - times[k])
+
+
+def _grid(counts: list[float], min_gap: float, step: float) -> tuple[list[float], list[float]]:
     """Candidate times over the data's span and F at each: bucket edges, each bucket split
-    in three (about 5 % steps) but never into steps shorter than a quarter of min_gap."""
+    in at least three (about 5 % steps) and into steps of at most ``step``, but never
+    into steps shorter than a quarter of min_gap."""
     total = sum(counts)
     used = [i for i, c in enumerate(counts) if c > 0]
     times: list[float] = []
@@ -214,43 +279,34 @@ def _grid(counts: list[float], min_gap: float) -> tuple[list[float], list[float]
     for index in range(used[0], used[-1] + 1):
         low, high = lower_edge(index), upper_edge(index)
         share = counts[index] / total
-        for part in range(3):
-            t = low + (high - low) * part / 3
+        parts = max(3, min(MAX_PARTS, math.ceil((high - low) / step))) if step > 0 else 3
+        for part in range(parts):
+            t = low + (high - low) * part / parts
             if not times or t - times[-1] >= min_gap / 4:
                 times.append(t)
-                done.append(below + share * part / 3)
+                done.append(below + share * part / parts)
         below += share
     times.append(upper_edge(used[-1]))
     done.append(1.0)
     return times, done
 
 
-@lru_cache(maxsize=256)
-def _plan(counts: tuple[float, ...], poll_cost: float, min_gap: float, max_gap: float) -> _Plan:
-    """Backward induction: future[i] = min over the next poll j of (delay of what finishes
-    in (t_i, t_j]) + poll_cost * P(still running at t_j) + future[j]."""
-    times, done = _grid(list(counts), min_gap)
-    area = [0.0]
-    for k in range(1, len(times)):
-        area.append(area[-1] + (done[k] + done[k - 1]) / 2 * (times[k] - times[k - 1]))
-    n = len(times)
-    future = [0.0] * n
-    for i in range(n - 2, -1, -1):
-        future[i] = _best(times, done, area, future, i + 1, times[i], done[i], area[i], poll_cost, min_gap,
-                          max_gap)[0]
-    return _Plan(tuple(times), tuple(done), tuple(area), tuple(future))
-
-
-def _best(times: Sequence[float], done: Sequence[float], area: Sequence[float], future: Sequence[float], start: int,
-          t: float, f: float, a: float, poll_cost: float, min_gap: float, max_gap: float) -> tuple[float, int]:
-    """The best next poll among grid points from ``start`` on, from time ``t`` (F = f, area a)."""
-    best, choice, last = math.inf, len(times) - 1, len(times) - 1
-    for j in range(start, len(times)):
-        gap = times[j] - t
+def _best(plan_times: Sequence[float], done: Sequence[float], late: Sequence[float], future: Sequence[float],
+          weight: float, start: int, f: float, t: float, min_gap: float, max_gap: float) -> tuple[float, int]:
+    """The best next poll among grid points from ``start`` on, from time ``t`` where the
+    track is known not ready (F = f there)."""
+    best, choice, last = math.inf, len(plan_times) - 1, len(plan_times) - 1
+    for j in range(start, len(plan_times)):
+        gap = plan_times[j] - t
         if gap < min_gap and j < last:
             continue
-        # E[(t_j - T); t < T <= t_j] = integral of (F(s) - F(t)) ds over (t, t_j]
-        cost = area[j] - a - f * gap + poll_cost * (1.0 - done[j]) + future[j]
+        # Ready within (t, t_j - target]: seen later than the target. The poll itself is
+        # made by every generation still waiting at t; counted, as the others, by who
+        # is still waiting after it (1 - F(t_j)), the first poll being certain anyway.
+        penalty = weight * max(0.0, late[j] - f)
+        if penalty >= best:
+            break  # the penalty only grows with j and the rest is never negative
+        cost = (1.0 - done[j]) + penalty + future[j]
         if cost < best:
             best, choice = cost, j
         if gap > max_gap:
@@ -258,36 +314,85 @@ def _best(times: Sequence[float], done: Sequence[float], area: Sequence[float], 
     return best, choice
 
 
-def _learned_delay(counts: tuple[float, ...], elapsed: float, running_at: float, poll_cost: float,
+def _induct(times: list[float], done: list[float], late: list[float], weight: float, min_gap: float,
+            max_gap: float) -> tuple[list[float], float]:
+    """Backward induction for one weight; returns the future costs and the planned miss
+    share of the schedule from the POST on."""
+    n = len(times)
+    future = [0.0] * n
+    choice = [n - 1] * n
+    for i in range(n - 2, -1, -1):
+        future[i], choice[i] = _best(times, done, late, future, weight, i + 1, done[i], times[i], min_gap,
+                                     max_gap)
+    _, j = _best(times, done, late, future, weight, 0, 0.0, 0.0, min_gap, max_gap)
+    miss, f = max(0.0, late[j]), done[j]
+    while j < n - 1:
+        nxt = choice[j]
+        miss += max(0.0, late[nxt] - f)
+        f, j = done[nxt], nxt
+    return future, miss
+
+
+@lru_cache(maxsize=256)
+def _plan(counts: tuple[float, ...], target: float, min_gap: float, max_gap: float) -> _Plan:
+    """The fewest expected polls that see all but ``1 - QUANTILE`` of the tracks within
+    ``target`` of becoming ready: a Lagrangian relaxation (one late track costs ``weight``
+    polls), the weight found by bisection as the smallest that keeps the planned miss
+    share within the allowance."""
+    # Steps of a sixth of the target, so that a gap just under it is a candidate; no
+    # finer than a quarter of the smallest gap, and no more than GRID points in all.
+    used = [i for i, c in enumerate(counts) if c > 0]
+    span = upper_edge(used[-1]) - lower_edge(used[0])
+    times, done = _grid(list(counts), min_gap, max(target / 6, min_gap / 4, span / GRID))
+    late = [_interpolate(times, done, t - target) for t in times]
+    allowance = 1.0 - QUANTILE
+    low, high = 0.0, 1.0
+    future, miss = _induct(times, done, late, high, min_gap, max_gap)
+    while miss > allowance and high < 1e6:
+        low, high = high, high * 8
+        future, miss = _induct(times, done, late, high, min_gap, max_gap)
+    best = (high, future, miss)
+    for _ in range(8):  # the weight within a few per cent of the smallest that meets the allowance
+        middle = (low + high) / 2
+        future, miss = _induct(times, done, late, middle, min_gap, max_gap)
+        if miss <= allowance:
+            high, best = middle, (middle, future, miss)
+        else:
+            low = middle
+    weight, future, miss = best
+    return _Plan(tuple(times), tuple(done), tuple(late), weight, tuple(future), miss)
+
+
+def _learned_delay(counts: tuple[float, ...], elapsed: float, running_at: float, target: float,
                    min_gap: float, max_gap: float) -> float:
-    plan = _plan(counts, poll_cost, min_gap, max_gap)
+    plan = _plan(counts, target, min_gap, max_gap)
     if running_at >= plan.times[-1]:
         # Still running past everything observed: back off geometrically, as before learning.
         return min(max_gap, max(min_gap, (GROWTH - 1) * elapsed))
-    # Condition on what is known: running at ``running_at`` (usually now; earlier when a
-    # phase's clock started before this step, as the track's does).
-    f, a = plan.at(running_at)
+    # Condition on what is known: not ready at ``running_at`` (usually now; earlier when
+    # the last look was a job result, which shows the track as it was when the job ended).
     start = bisect.bisect_right(plan.times, elapsed)
     if start >= len(plan.times):
-        return min_gap  # by the data it is done by now: look at once
-    _, j = _best(plan.times, plan.done, plan.area, plan.future, start, running_at, f, a, poll_cost,
+        return min_gap  # by the data it is ready by now: look at once
+    _, j = _best(plan.times, plan.done, plan.late, plan.future, plan.weight, start, plan.at(running_at), running_at,
                  min_gap + elapsed - running_at, max_gap + elapsed - running_at)
     return min(max_gap, max(min_gap, plan.times[j] - elapsed))
 
 
-def next_delay(stats: Sequence[float] | None, elapsed: float, attempt: int, *, poll_cost: float,
+def next_delay(stats: Sequence[float] | None, elapsed: float, attempt: int, *, target: float,
                initial: float, maximum: float, remaining: float = math.inf,
                rng: Callable[[], float] = random.random, cold: float | None = None,
                running_at: float | None = None) -> float:
-    """Seconds until the next poll of a phase that has run ``elapsed`` seconds, not done yet.
+    """Seconds until the next poll of a generation ``elapsed`` seconds after its POST was
+    accepted, its track not ready yet.
 
-    ``stats``: the phase's learned histogram (None: nothing learned). ``attempt``: polls
-    so far in the phase, for the cold schedule. ``initial`` is the smallest gap (and the
-    cold schedule's first delay), ``maximum`` the largest. ``remaining``: time to the
-    deadline; the result never exceeds it. ``running_at``: the latest time (seconds into
-    the phase) the phase was known to be still running, ``elapsed`` if not given. While
-    ``stats`` is cold the result is ``cold`` if given, else
-    ``capped_exponential(attempt, initial, maximum)``.
+    ``stats``: the site's learned histogram (None: nothing learned). ``target``: how late
+    a poll may see 95 % of tracks become ready. ``attempt``: polls so far in the phase,
+    for the cold schedule. ``initial`` is the smallest gap (and the cold schedule's first
+    delay), ``maximum`` the largest. ``remaining``: time to the deadline; the result
+    never exceeds it. ``running_at``: the latest time (seconds since the POST) the track
+    was known not ready, ``elapsed`` if not given. While ``stats`` is cold the result is
+    ``cold`` if given, else ``capped_exponential(attempt, initial, maximum)``.
     """
     if not is_warm(stats):
         delay = cold if cold is not None else capped_exponential(attempt, initial, maximum, rng=rng)
@@ -295,23 +400,37 @@ def next_delay(stats: Sequence[float] | None, elapsed: float, attempt: int, *, p
         counts = tuple(_counts(stats))
         elapsed = max(0.0, elapsed)
         known = elapsed if running_at is None else min(elapsed, max(0.0, running_at))
-        delay = _learned_delay(counts, elapsed, known, float(poll_cost), float(initial), float(maximum))
+        delay = _learned_delay(counts, elapsed, known, max(0.0, float(target)), float(initial), float(maximum))
         # Early, never late: jitter only shortens the wait, and never below the minimum gap.
         draw = min(1.0, max(0.0, float(rng())))
         delay = max(min(delay, initial), delay * (1 - JITTER * (1 - draw)))
     return max(0.0, min(delay, remaining))
 
 
-def poll_times(stats: Sequence[float] | None, *, poll_cost: float, initial: float, maximum: float,
+def horizon(stats: Sequence[float] | None) -> float:
+    """Seconds past which nothing was observed (the top of the highest non-empty bucket):
+    where the learned schedule gives way to geometric backoff. 0.0 with no data."""
+    used = [i for i, c in enumerate(_counts(stats)) if c > 0]
+    return upper_edge(used[-1]) if used else 0.0
+
+
+def planned_late_share(stats: Sequence[float] | None, *, target: float, initial: float, maximum: float) -> float:
+    """The share of tracks the learned plan expects to see later than ``target`` (at most
+    1 - QUANTILE unless the gaps' bounds forbid it); 0.0 while cold. For tests and the CLI."""
+    if not is_warm(stats):
+        return 0.0
+    return _plan(tuple(_counts(stats)), max(0.0, float(target)), float(initial), float(maximum)).miss
+
+
+def poll_times(stats: Sequence[float] | None, *, target: float, initial: float, maximum: float,
                horizon: float) -> list[float]:
-    """The whole learned schedule of a phase, without jitter: poll times (seconds into the
-    phase) up to ``horizon``. For tests, documentation and the CLI; the pipeline asks
+    """The whole learned schedule, without jitter: poll times (seconds since the POST) up
+    to ``horizon``. For tests, documentation and the CLI; the pipeline asks
     :func:`next_delay` one poll at a time."""
     out: list[float] = []
     t = 0.0
     while True:
-        t += next_delay(stats, t, len(out), poll_cost=poll_cost, initial=initial, maximum=maximum,
-                        rng=lambda: 1.0)
+        t += next_delay(stats, t, len(out), target=target, initial=initial, maximum=maximum, rng=lambda: 1.0)
         if t > horizon:
             return out
         out.append(t)

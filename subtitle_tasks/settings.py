@@ -180,6 +180,7 @@ class Settings:
     poll_initial: float = 1.0
     poll_max: float = 60.0
     poll_policy: str = "learned"  # "exponential": capped exponential backoff only, as before schedule.py
+    poll_target: float = 6.5  # learned schedule: 95 % of ready tracks seen within this many seconds
     deadline: float = 2 * 60 * 60.0
     http_timeout: float = 10.0
     lease: float = 30.0
@@ -263,6 +264,7 @@ _SOURCES: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "poll_initial": ("SUBTITLE_TASKS_POLL_INITIAL", _positive_float),
     "poll_max": ("SUBTITLE_TASKS_POLL_MAX", _positive_float),
     "poll_policy": ("SUBTITLE_TASKS_POLL_POLICY", lambda name, raw: _choice(name, raw, POLL_POLICIES)),
+    "poll_target": ("SUBTITLE_TASKS_POLL_TARGET", _positive_float),
     "deadline": ("SUBTITLE_TASKS_DEADLINE", _positive_float),
     "http_timeout": ("SUBTITLE_TASKS_HTTP_TIMEOUT", _positive_float),
     "lease": ("SUBTITLE_TASKS_LEASE", _positive_float),

@@ -29,8 +29,21 @@ def uniform(low: float, high: float):
     return lambda rng: rng.uniform(low, high)
 
 
-def times(stats, cost: float = 1.0, initial: float = 1.0, maximum: float = 60.0, horizon: float = 600.0):
-    return schedule.poll_times(stats, poll_cost=cost, initial=initial, maximum=maximum, horizon=horizon)
+TARGET = 6.0  # the pipeline's default target (6.5 s) less half a 1 s dispatcher tick
+
+
+def times(stats, target: float = TARGET, initial: float = 1.0, maximum: float = 60.0, horizon: float = 600.0):
+    return schedule.poll_times(stats, target=target, initial=initial, maximum=maximum, horizon=horizon)
+
+
+def late_share(stats, polls: list[float], target: float, rng: random.Random, n: int = 20000) -> float:
+    """The share of durations drawn from ``stats`` that ``polls`` see later than ``target``."""
+    late = 0
+    for _ in range(n):
+        ready = schedule.quantile(stats, rng.random())
+        seen = next((t for t in polls if t >= ready), math.inf)
+        late += seen - ready > target
+    return late / n
 
 
 # -- the histogram ------------------------------------------------------------------------
@@ -98,6 +111,35 @@ def test_quantile_and_cdf_agree():
     assert schedule.quantile(None, 0.5) == 0.0 and schedule.cdf(None, 10) == 0.0
 
 
+def test_an_interval_is_spread_over_the_buckets_it_overlaps():
+    pairs = schedule.spread(20.0, 40.0)
+    assert sum(w for _, w in pairs) == pytest.approx(1.0)
+    assert [i for i, _ in pairs] == list(range(schedule.bucket_of(20.0), schedule.bucket_of(40.0) + 1))
+    for index, share in pairs:  # in proportion to the overlap
+        overlap = min(40.0, schedule.upper_edge(index)) - max(20.0, schedule.lower_edge(index))
+        assert share == pytest.approx(overlap / 20.0)
+    assert schedule.spread(30.0, 30.0) == [(schedule.bucket_of(30.0), 1.0)]
+    assert schedule.spread(30.0, 10.0) == [(schedule.bucket_of(30.0), 1.0)]  # an empty interval: a point
+    assert sum(w for _, w in schedule.spread(100.0, 1e9)) == pytest.approx(1.0)  # past the last edge
+    stats = schedule.update(None, 20.0, until=40.0)
+    assert schedule.weight(stats) == pytest.approx(1.0)
+    assert schedule.cdf(stats, 30.0) == pytest.approx(0.5, abs=0.02)  # even inside the interval, not a spike
+
+
+def test_spreading_keeps_the_stretch_after_a_fixed_poll_from_looking_empty():
+    # Every generation polled at the same times: the midpoints would pile each gap's
+    # mass on one spot, and the plan would then see nothing finishing just after a poll.
+    rng = random.Random(3)
+    polls = [20.0, 30.0, 40.0, 50.0]
+    stats = None
+    for _ in range(400):
+        ready = rng.uniform(20, 50)
+        seen = next(t for t in polls if t >= ready)
+        stats = schedule.update(stats, seen - 10.0, until=seen)
+    for low in (31.0, 41.0):
+        assert schedule.cdf(stats, low + 4.0) - schedule.cdf(stats, low) > 0.08  # about 4 s of 30: 0.13
+
+
 def test_an_observation_is_the_midpoint_of_what_the_polls_bound():
     assert schedule.observed(10.0, 14.0) == 12.0
     assert schedule.observed(0.0, 3.0) == 1.5
@@ -113,11 +155,11 @@ def test_cold_start_is_the_capped_exponential_schedule():
     for stats in (None, thin):
         for attempt in range(8):
             for draw in (0.0, 0.3, 1.0):
-                got = schedule.next_delay(stats, 123.0, attempt, poll_cost=1.0, initial=1.0, maximum=60.0,
+                got = schedule.next_delay(stats, 123.0, attempt, target=TARGET, initial=1.0, maximum=60.0,
                                           rng=lambda draw=draw: draw)
                 assert got == capped_exponential(attempt, 1.0, 60.0, rng=lambda draw=draw: draw)
     # A caller may name its own first delay (the pipeline's first job poll: poll_initial).
-    assert schedule.next_delay(None, 0.0, 0, poll_cost=1.0, initial=1.0, maximum=60.0, cold=1.0) == 1.0
+    assert schedule.next_delay(None, 0.0, 0, target=TARGET, initial=1.0, maximum=60.0, cold=1.0) == 1.0
 
 
 def test_warm_after_enough_observations():
@@ -155,12 +197,12 @@ def test_past_the_tail_the_gaps_grow_geometrically_up_to_the_maximum():
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0, max_value=5000), min_size=11, max_size=60),
        st.floats(min_value=0.05, max_value=5), st.floats(min_value=0.1, max_value=20))
-def test_gaps_are_never_below_the_minimum_nor_above_the_maximum(durations, initial, cost):
+def test_gaps_are_never_below_the_minimum_nor_above_the_maximum(durations, initial, target):
     stats = None
     for d in durations:
         stats = schedule.update(stats, d)
     maximum = 60 * initial
-    polls = [0.0, *times(stats, cost=cost * initial, initial=initial, maximum=maximum, horizon=6000 * initial)]
+    polls = [0.0, *times(stats, target=target * initial, initial=initial, maximum=maximum, horizon=6000 * initial)]
     gaps = [b - a for a, b in itertools.pairwise(polls)]
     assert gaps and min(gaps) >= initial - 1e-9 and max(gaps) <= maximum + 1e-9
 
@@ -170,7 +212,7 @@ def test_gaps_are_never_below_the_minimum_nor_above_the_maximum(durations, initi
        st.floats(min_value=0, max_value=100), st.booleans(), st.floats(min_value=0, max_value=1))
 def test_never_past_the_deadline(elapsed, attempt, remaining, warm, draw):
     stats = learned(uniform(20, 90)) if warm else None
-    delay = schedule.next_delay(stats, elapsed, attempt, poll_cost=1.0, initial=1.0, maximum=60.0,
+    delay = schedule.next_delay(stats, elapsed, attempt, target=TARGET, initial=1.0, maximum=60.0,
                                 remaining=remaining, rng=lambda: draw)
     assert 0 <= delay <= remaining
 
@@ -178,28 +220,44 @@ def test_never_past_the_deadline(elapsed, attempt, remaining, warm, draw):
 def test_jitter_only_brings_a_poll_forward_by_at_most_a_tenth():
     stats = learned(uniform(20, 90))
     for elapsed in (0.0, 25.0, 50.0, 200.0):
-        planned = schedule.next_delay(stats, elapsed, 0, poll_cost=1.0, initial=1.0, maximum=60.0, rng=ONE)
-        early = schedule.next_delay(stats, elapsed, 0, poll_cost=1.0, initial=1.0, maximum=60.0, rng=lambda: 0.0)
+        planned = schedule.next_delay(stats, elapsed, 0, target=TARGET, initial=1.0, maximum=60.0, rng=ONE)
+        early = schedule.next_delay(stats, elapsed, 0, target=TARGET, initial=1.0, maximum=60.0, rng=lambda: 0.0)
         assert min(planned, 1.0) <= early <= planned
         assert early >= (1 - schedule.JITTER) * planned - 1e-9
 
 
 def test_known_running_earlier_means_a_poll_no_later():
-    # The track's clock starts when the job was estimated done: it may already be
-    # ready now, so the first poll comes sooner than if it were known preparing now.
+    # A job result shows the track as it was when the job ended: known not ready then,
+    # it may be ready now, so the next poll comes sooner than if it were seen preparing now.
     stats = learned(uniform(0, 30))
-    now = schedule.next_delay(stats, 6.0, 0, poll_cost=0.5, initial=1.0, maximum=60.0, rng=ONE)
-    earlier = schedule.next_delay(stats, 6.0, 0, poll_cost=0.5, initial=1.0, maximum=60.0, rng=ONE, running_at=0.0)
+    now = schedule.next_delay(stats, 6.0, 0, target=3.0, initial=1.0, maximum=60.0, rng=ONE)
+    earlier = schedule.next_delay(stats, 6.0, 0, target=3.0, initial=1.0, maximum=60.0, rng=ONE, running_at=0.0)
     assert 1.0 <= earlier <= now
     # past everything observed and not known running there: look again at once
-    assert schedule.next_delay(stats, 80.0, 0, poll_cost=0.5, initial=1.0, maximum=60.0, rng=ONE,
+    assert schedule.next_delay(stats, 80.0, 0, target=3.0, initial=1.0, maximum=60.0, rng=ONE,
                                running_at=0.0) == 1.0
 
 
 def test_the_policy_scales_with_its_settings():
-    slow = times(learned(uniform(20, 90)), cost=1.0, initial=1.0, maximum=60.0, horizon=600)
-    fast = times(learned(lambda rng: rng.uniform(2, 9)), cost=0.1, initial=0.1, maximum=6.0, horizon=60)
+    slow = times(learned(uniform(20, 90)), target=6.0, initial=1.0, maximum=60.0, horizon=600)
+    fast = times(learned(lambda rng: rng.uniform(2, 9)), target=0.6, initial=0.1, maximum=6.0, horizon=60)
     assert len(fast) == pytest.approx(len(slow), abs=3)
+
+
+def test_the_plan_sees_all_but_five_percent_within_the_target():
+    rng = random.Random(11)
+    for stats in (learned(uniform(20, 120)), learned(uniform(40, 50)),
+                  learned(lambda r: r.uniform(15, 45) if r.random() < 0.6 else r.uniform(60, 110))):
+        polls = times(stats)
+        planned = schedule.planned_late_share(stats, target=TARGET, initial=1.0, maximum=60.0)
+        assert 0.0 < planned <= 1 - schedule.QUANTILE
+        assert late_share(stats, polls, TARGET, rng) <= 1 - schedule.QUANTILE + 0.01
+
+
+def test_a_looser_target_spends_fewer_polls():
+    stats = learned(uniform(20, 120))
+    counts = [len(times(stats, target=target, horizon=130)) for target in (2.0, 4.0, 8.0, 16.0)]
+    assert counts == sorted(counts, reverse=True) and counts[0] > 2 * counts[-1]
 
 
 # -- the goal, in simulated time ------------------------------------------------------------------
@@ -219,8 +277,10 @@ def official(job: float, prep: float) -> tuple[int, float]:
     return polls, t - (job + prep)
 
 
-def ours(job_stats, track_stats, job: float, prep: float, rng, phase: float) -> tuple[int, float, float, float]:
-    """Both phases as the pipeline runs them; returns polls, delay and what it learned.
+def ours(stats, ready: float, rng, phase: float) -> tuple[int, float, float, float]:
+    """Polls on the learned schedule until one sees the track ready, as the pipeline places
+    them: one snapshot of the track list before the POST, then looks at the list; returns
+    requests, delay and the interval the last two looks bound.
 
     A step due at t runs at the next tick of a 1 s dispatcher (ticks at ``phase`` + whole
     seconds), as SUBTITLE_TASKS_DISPATCH_INTERVAL's default hands them out.
@@ -228,39 +288,27 @@ def ours(job_stats, track_stats, job: float, prep: float, rng, phase: float) -> 
     def tick(x: float) -> float:
         return phase + math.ceil(x - phase - 1e-9)
 
-    polls, t, last = 0, 0.0, 0.0
+    requests, t, last = 1, 0.0, 0.0
     while True:
-        t = tick(t + schedule.next_delay(job_stats, t, polls, poll_cost=schedule.POLL_COST["job"], initial=1.0,
-                                         maximum=60.0, rng=rng, cold=1.0 if polls == 0 else None))
-        polls += 1
-        if t >= job:
-            break
+        t = tick(t + schedule.next_delay(stats, t, requests - 1, target=TARGET, initial=1.0, maximum=60.0, rng=rng,
+                                         cold=1.0 if requests == 1 else None))
+        requests += 1
+        if t >= ready:
+            return requests, t - ready, last, t
         last = t
-    job_seen = schedule.observed(last, t)
-    start, last, n = job_seen, 0.0, 0  # the track's clock starts when the job is estimated done
-    while True:
-        t = tick(t + schedule.next_delay(track_stats, t - start, n, poll_cost=schedule.POLL_COST["track"],
-                                         initial=1.0, maximum=60.0, rng=rng, running_at=last))
-        polls += 1
-        n += 1
-        if t >= job + prep:
-            break
-        last = t - start
-    return polls, t - (job + prep), job_seen, schedule.observed(last, t - start)
 
 
-def goal(draws, n: int = 1500, warmup: int = 200, seed: int = 7) -> tuple[float, float, float, float]:
+def goal(draws, n: int = 700, warmup: int = 200, seed: int = 7) -> tuple[float, float, float, float]:
     rng = random.Random(seed)
     jitter = random.Random(seed + 1).random
-    job_stats = track_stats = None
+    stats = None
     mine, theirs = [], []
     for i in range(n):
         job, prep = draws(rng)
-        polls, delay, job_seen, track_seen = ours(job_stats, track_stats, job, prep, jitter, rng.random())
-        job_stats = schedule.update(job_stats, job_seen)
-        track_stats = schedule.update(track_stats, track_seen)
+        requests, delay, low, high = ours(stats, job + prep, jitter, rng.random())
+        stats = schedule.update(stats, low, until=high)
         if i >= warmup:
-            mine.append((polls, delay))
+            mine.append((requests, delay))
             theirs.append(official(job, prep))
 
     def p95(rows):
@@ -271,19 +319,18 @@ def goal(draws, n: int = 1500, warmup: int = 200, seed: int = 7) -> tuple[float,
 
 
 def test_goal_half_the_requests_at_no_worse_p95_on_narrow_jobs():
-    polls, p95, official_polls, official_p95 = goal(lambda rng: (rng.uniform(40, 50), rng.uniform(2, 6)))
-    assert polls <= 0.5 * official_polls
+    requests, p95, official_requests, official_p95 = goal(lambda rng: (rng.uniform(40, 50), rng.uniform(2, 6)))
+    assert requests <= 0.5 * official_requests
     assert p95 <= official_p95
 
 
-def test_on_the_issues_wide_jobs_p95_holds_at_sixty_percent_of_the_requests():
-    # Jobs 20-90 s, tracks 0-30 s more: once the job is seen, what is left still spans
-    # 30 s and the job itself is only known to the last gap, so matching the official
-    # p95 takes about 0.6x its requests, not 0.5x (bench/README.md). Over seeds the p95
-    # lands within 5 % either side of the official one.
-    polls, p95, official_polls, official_p95 = goal(lambda rng: (rng.uniform(20, 90), rng.uniform(0, 30)))
-    assert polls <= 0.62 * official_polls
-    assert p95 <= 1.1 * official_p95
+def test_on_the_issues_wide_jobs_p95_holds_at_about_sixty_percent_of_the_requests():
+    # Jobs 20-90 s, tracks 0-30 s more: ready anywhere in 20-120 s. Even a schedule that
+    # knew the distribution exactly needs about half the official requests at its p95
+    # (bench/README.md), so 0.5x is out of reach here; about 0.6x is what this holds.
+    requests, p95, official_requests, official_p95 = goal(lambda rng: (rng.uniform(20, 90), rng.uniform(0, 30)))
+    assert requests <= 0.62 * official_requests
+    assert p95 <= official_p95
 
 
 # -- the pipeline learns and uses it (MemoryStore on a fake clock, scripted API) --------------
@@ -294,13 +341,13 @@ def with_settings(env: Env, **changes) -> Env:
     return env
 
 
-def warm(env: Env, phase: str, low: float, high: float, n: int = 40, site: str = "") -> None:
+def warm(env: Env, low: float, high: float, n: int = 40, site: str = "") -> None:
     rng = random.Random(5)
     for _ in range(n):
-        env.store.record_timing(site, phase, rng.uniform(low, high), schedule.DECAY)
+        env.store.record_timing(site, schedule.READY, rng.uniform(low, high), schedule.DECAY)
 
 
-def test_a_generation_records_its_job_and_track_durations():
+def test_a_generation_records_the_time_from_its_post_to_its_track_being_ready():
     env = Env()
     gid = env.submitted()
     assert env.gen(gid).phase_clock == (START, 0.0)
@@ -309,28 +356,28 @@ def test_a_generation_records_its_job_and_track_durations():
     env.step(gid)  # at 2 s (cold: capped exponential): running
     assert env.gen(gid).phase_clock == (START, pytest.approx(2.0))
     assert env.step(gid) == "track-preparing"  # at 4 s: done, last seen running at 2 s
-    job = env.store.timing_stats("", "job")
-    assert job[schedule.bucket_of(3.0)] == 1.0 and schedule.weight(job) == 1.0  # the midpoint of (2, 4]
-    # The track's clock starts when the job was done (as estimated), preparing then.
-    gen = env.gen(gid)
-    assert gen.phase_clock == (pytest.approx(START + 3.0), 0.0)
+    assert env.store.timing_stats("", schedule.READY) is None  # nothing learned until the track is ready
+    # The clock runs on from the POST; the job result showed the track as the job left
+    # it, so it is known not ready at the job's estimated end (3 s).
+    assert env.gen(gid).phase_clock == (START, pytest.approx(3.0))
     env.client.tracks["u1"] = [track("t9", status="preparing")]
     assert env.step(gid) == "track-preparing"
+    seen_preparing = env.gen(gid).phase_clock[1]
+    assert seen_preparing == pytest.approx(env.clock.t - START)
     env.client.tracks["u1"] = [track("t9")]
-    seen_running = env.gen(gid).phase_clock[1]
     assert env.step(gid) == "ready"
-    done = env.clock.t - (START + 3.0)
-    stats = env.store.timing_stats("", "track")
-    assert stats[schedule.bucket_of(schedule.observed(seen_running, done))] == 1.0
+    expected = schedule.update(None, seen_preparing, until=env.clock.t - START)
+    assert env.store.timing_stats("", schedule.READY) == pytest.approx(expected, abs=1e-3)
 
 
-def test_a_track_ready_in_the_job_result_teaches_only_the_job_phase():
+def test_a_track_ready_in_the_job_result_is_learned_from_the_job_polls():
     env = Env()
     gid = env.submitted()
-    env.client.jobs.append(track("t9"))  # ready at once: there was no track phase
-    assert env.step(gid) == "ready"
-    assert env.store.timing_stats("", "track") is None
-    assert env.store.timing_stats("", "job") is not None
+    env.client.jobs.extend([None, track("t9")])
+    env.step(gid)  # at 1 s: running
+    assert env.step(gid) == "ready"  # at 2 s: ready somewhere in (1, 2]
+    expected = schedule.update(None, 1.0, until=2.0)
+    assert env.store.timing_stats("", schedule.READY) == pytest.approx(expected, abs=1e-3)
 
 
 def test_a_failed_job_teaches_nothing():
@@ -339,30 +386,69 @@ def test_a_failed_job_teaches_nothing():
     gid = env.submitted()
     env.client.jobs.append(job_failed())
     assert env.step(gid) == "error"
-    assert env.store.timing_stats("", "job") is None
+    assert env.store.timing_stats("", schedule.READY) is None
 
 
-def test_warm_stats_move_the_first_poll_to_where_jobs_finish():
+def test_warm_stats_move_the_first_poll_to_where_tracks_become_ready():
     env = with_settings(Env(), poll_max=60.0)
-    warm(env, "job", 40, 50)
+    warm(env, 40, 50)
     gid = env.submitted()
     assert 35 <= env.delay(gid) <= 50
     capped = Env()  # POLL_MAX 8: no wait is longer, the first one included
-    warm(capped, "job", 40, 50)
+    warm(capped, 40, 50)
     assert capped.delay(capped.submitted()) == pytest.approx(8.0)
     cold = Env()
     assert cold.delay(cold.submitted()) == pytest.approx(1.0)  # poll_initial, as before learning
 
 
+def test_a_warm_site_looks_in_the_track_list_and_finishes_without_the_job_result():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 40, 50)
+    env.client.tracks["u1"] = [track("old", status="ready")]  # an Italian track from before: not ours
+    gid = env.submitted()
+    assert env.step(gid) == "job-pending"  # the list shows only the old track
+    env.client.tracks["u1"].append(track("t9", status="preparing"))
+    assert env.step(gid) == "track-preparing"
+    assert env.gen(gid).track_id == "t9"
+    env.client.tracks["u1"][1] = track("t9")
+    assert env.step(gid) == "ready"
+    assert env.client.count("job") == 0  # every look was one GET of the list
+    assert env.client.count("tracks") == 4  # the snapshot before the POST and three looks
+    assert env.notified == ["r1"]
+
+
+def test_a_ready_track_in_the_list_ends_the_job_phase_at_once():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 40, 50)
+    gid = env.submitted()
+    env.client.tracks["u1"] = [track("t9")]
+    assert env.step(gid) == "ready"
+    assert env.client.count("job") == 0
+
+
+def test_past_what_was_observed_the_job_result_is_asked_as_it_alone_tells_a_failure():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 40, 50)
+    gid = env.submitted()
+    horizon = schedule.horizon(env.store.timing_stats("", schedule.READY))
+    while env.gen(gid).due - START < horizon:
+        assert env.step(gid) == "job-pending"  # nothing in the list yet
+    assert env.client.count("job") == 0
+    env.client.jobs.append(job_failed())
+    assert env.step(gid) == "error"
+    assert env.client.count("job") == 1
+    assert env.gen(gid).result["code"] == "job_failed"
+
+
 def test_stats_are_per_site():
     env = Env()
-    warm(env, "job", 40, 50, site="blog")
+    warm(env, 40, 50, site="blog")
     assert env.delay(env.submitted()) == pytest.approx(1.0)  # the default site knows nothing yet
 
 
 def test_the_exponential_policy_ignores_what_was_learned():
     env = with_settings(Env(), poll_policy="exponential", poll_max=60.0)
-    warm(env, "job", 40, 50)
+    warm(env, 40, 50)
     gid = env.submitted()
     assert env.delay(gid) == pytest.approx(1.0)
     env.client.jobs.extend([None, None])
@@ -370,33 +456,52 @@ def test_the_exponential_policy_ignores_what_was_learned():
     assert env.delay(gid) == pytest.approx(1.0)
     env.step(gid)
     assert env.delay(gid) == pytest.approx(2.0)
-    assert schedule.weight(env.store.timing_stats("", "job")) > 30  # it still learns, for a switch back
+    assert env.client.count("job") == 2  # job results, as before learning
+    env.client.jobs.append(track("t9"))
+    env.step(gid)
+    assert schedule.weight(env.store.timing_stats("", schedule.READY)) > 30  # it still learns, for a switch back
 
 
-def test_the_track_phase_polls_from_the_learned_preparing_time():
+def test_after_a_job_result_the_track_is_polled_from_the_learned_time_since_the_post():
     env = with_settings(Env(), poll_max=60.0)
-    warm(env, "job", 0.5, 1.5)
-    warm(env, "track", 20, 25)
+    warm(env, 20, 25)
     gid = env.submitted()
+    # Past the learned horizon (25 s and a bucket) the job result is asked; this one
+    # shows the track preparing as the job left it.
+    env.store.advance(gid, 0, phase_clock=(START - 10.0, 0.0))
     env.client.jobs.append(track("t9", status="preparing"))
+    env.clock.t = START + 30.0
     assert env.step(gid) == "track-preparing"
-    start = env.gen(gid).phase_clock[0]
-    assert 15 <= env.gen(gid).due - start <= 25
+    assert env.client.count("job") == 1
+    # Not ready when the job ended, somewhere after 0 s: past the data, so backing off.
+    assert env.delay(gid) <= 60.0
+
+
+def test_the_track_phase_waits_for_where_the_site_s_tracks_become_ready():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 40, 50)
+    gid = env.submitted()
+    env.client.tracks["u1"] = [track("t9", status="preparing")]
+    assert env.step(gid) == "track-preparing"
+    first_look = env.clock.t - START
+    due = env.gen(gid).due - START
+    assert first_look < due <= 50 * schedule.RATIO  # the next look still inside what was observed
 
 
 def test_a_generation_without_a_phase_clock_polls_on_the_cold_schedule():
     # Written by a version before learning: no clock, so no elapsed time to plan from.
     env = Env()
-    warm(env, "job", 40, 50)
+    warm(env, 40, 50)
     gid = env.submitted()
     env.store.advance(gid, 0, phase_clock=None)
     env.client.jobs.append(None)
     env.step(gid)
     assert env.gen(gid).phase_clock is None
     assert env.delay(gid) == pytest.approx(1.0)  # capped exponential, attempt 0
+    assert env.client.count("job") == 1  # and the job result, as before learning
     env.client.jobs.append(track("t9", status="preparing"))
     assert env.step(gid) == "track-preparing"
-    assert schedule.weight(env.store.timing_stats("", "job")) == pytest.approx(schedule.weight(
+    assert schedule.weight(env.store.timing_stats("", schedule.READY)) == pytest.approx(schedule.weight(
         learned(uniform(40, 50), n=40, seed=5)), rel=0.01)  # nothing recorded for it
 
 
@@ -411,4 +516,4 @@ def test_a_store_that_cannot_keep_timing_never_fails_a_step(caplog):
     gid = env.submitted()
     env.client.jobs.append(track("t9"))
     assert env.step(gid) == "ready"
-    assert "could not record a job duration" in caplog.text
+    assert "could not record a ready duration" in caplog.text

@@ -7,6 +7,7 @@ fake clock for MemoryStore) and compares times with a tolerance rather than exac
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -870,6 +871,21 @@ def test_record_timing_is_schedule_update_to_the_stored_precision(store):
     assert len(stats) == schedule.BUCKETS
     # 30 and 31.5 share a bucket: ((1 x 0.99 + 1) x 0.99 x 0.5 + 1) x 0.99 x 0.9
     assert stats[schedule.bucket_of(30.0)] == pytest.approx(((0.99 + 1) * 0.99 * 0.5 + 1) * 0.99 * 0.9, rel=1e-3)
+
+
+def test_record_timing_spreads_an_interval_as_schedule_update_does(store):
+    from subtitle_tasks import schedule
+
+    expected = None
+    for low, high in [(20.0, 40.0), (33.0, 33.5), (100.0, 1e9), (5.0, 5.0), (0.0, 3.0)]:
+        store.record_timing("", "ready", low, 0.99, high)
+        expected = schedule.decode(schedule.encode(schedule.update(expected, low, 0.99, until=high)))
+        assert store.timing_stats("", "ready") == expected  # Lua and Python share alike
+    assert schedule.weight(store.timing_stats("", "ready")) == pytest.approx(
+        ((((0.99 + 1) * 0.99 + 1) * 0.99 + 1) * 0.99 + 1), rel=1e-3)
+    before = store.timing_stats("", "ready")
+    store.record_timing("", "ready", 10.0, 0.99, math.nan)  # an impossible interval changes nothing
+    assert store.timing_stats("", "ready") == before
 
 
 def test_timing_is_kept_per_site_and_phase(store):

@@ -351,8 +351,9 @@ class Store(Protocol):
     # -- learned poll timing (subtitle_tasks/schedule.py) --------------------------------
     def timing_stats(self, site: str, phase: str) -> list[float] | None:
         """The site's histogram of ``phase`` durations (schedule.BUCKETS counts), None if none yet."""
-    def record_timing(self, site: str, phase: str, seconds: float, decay: float) -> None:
-        """Add one observed duration: every count times ``decay``, then +1 in its bucket (one atomic step)."""
+    def record_timing(self, site: str, phase: str, seconds: float, decay: float, until: float | None = None) -> None:
+        """Add one observed duration: every count times ``decay``, then +1 in its bucket, or
+        spread over [seconds, until] (schedule.spread) when given (one atomic step)."""
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     def watch_beat(self, worker: str, broker: str, fence: float) -> bool: ...

@@ -576,15 +576,15 @@ class MemoryStore:
             raw = self._keys.get(f"timing:{phase}:{site}", self._now())
         return schedule.decode(raw)
 
-    def record_timing(self, site: str, phase: str, seconds: float, decay: float) -> None:
+    def record_timing(self, site: str, phase: str, seconds: float, decay: float, until: float | None = None) -> None:
         from .. import schedule
 
-        if not schedule.valid_duration(seconds):
+        if not schedule.valid_duration(seconds) or (until is not None and not schedule.valid_duration(until)):
             return
         with self._lock:
             now = self._now()
             key = f"timing:{phase}:{site}"
-            counts = schedule.update(schedule.decode(self._keys.get(key, now)), seconds, decay)
+            counts = schedule.update(schedule.decode(self._keys.get(key, now)), seconds, decay, until)
             self._keys.set(key, schedule.encode(counts), lock_millis(self._TIMING_TTL) / 1000.0, now=now)
 
     # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
