@@ -287,7 +287,7 @@ def run_policies(draws: Draws, policies: list[str], *, warmup: int, seed: int, s
         elif policy in ("learned", "exponential"):
             outcomes, _ = run_pipeline(policy, draws, seed=seed, poll_initial=1.0 * scale, poll_max=60.0 * scale,
                                        dispatch_interval=dispatch_interval * scale,
-                                       poll_target=None if target is None else target * scale)
+                                       poll_target=(target or Settings.poll_target) * scale)
         else:
             outcomes = run_client("official" if policy == "official" else "fixed", draws, unit=scale)
         out[policy] = {"steady": summarise(outcomes[warmup:]), "cold_start": summarise(outcomes[:warmup]),

@@ -49,7 +49,8 @@ SCHEDULE = {
     "benchmark": "schedule",
     "results": [
         {"shape": "narrow", "policies": {"learned": _policy(5.0, 3.0), "official": _policy(11.0, 7.0)}},
-        {"shape": "wide", "policies": {"learned": _policy(9.5, 7.5), "official": _policy(14.5, 6.7)}},
+        {"shape": "wide", "policies": {"learned": _policy(9.5, 7.5), "official": _policy(14.5, 6.7),
+                                       "knows the distribution": _policy(7.25, 6.5)}},
     ],
     "real": {"shape": "wide", "scale": 0.1, "generations": 200, "callbacks": {"ready": 199, "error": 0},
              "real": {"requests_per_subtitle": 9.0, "p95": 0.6},
@@ -172,8 +173,11 @@ def test_schedule_each_shape_and_the_real_check(rows):
     assert real.ratio == pytest.approx(9 / 14) and real.met is False
     missing = _find(rows, "schedule", "without a ready callback")
     assert missing.ours == 1 and missing.met is False and not missing.guarantee
+    floor = _find(rows, "schedule", "floor", "wide")
+    assert floor.ratio == pytest.approx(0.5) and floor.met is None  # no goal: a yardstick
+    assert not [r for r in rows if "floor" in r.figure and "narrow" in r.figure]  # only where it ran
     plain = build_rows({"schedule": {**SCHEDULE, "real": None}}, benchmarks=("schedule",))
-    assert len(plain) == 4 and not any("real" in r.figure for r in plain)
+    assert len(plain) == 5 and not any("real" in r.figure for r in plain)
 
 
 def test_quota_shares_and_a_zero_baseline(rows):

@@ -74,7 +74,8 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
         if attr == "known_tracks":
             stored = ",".join(value or ())  # any sequence of ids, never JSON
         elif attr == "phase_clock":
-            # (start, seconds into the phase of the latest poll), ~22 bytes: milliseconds are plenty
+            # (POST accepted, seconds after it the track was last known not ready), ~22 bytes:
+            # milliseconds are plenty
             stored = f"{value[0]:.3f},{value[1]:.3f}" if value else None
         elif attr == "visibility_probe":
             stored = "1" if value else None  # post evidence (repost.py): present only while pending
@@ -165,9 +166,10 @@ class Generation:
     outcome: str | None
     result: dict[str, Any] | None
     subscribers: tuple[str, ...]
-    # When the current phase's clock started (store time) and how far into it the latest
-    # poll was, for the learned schedule (schedule.py); None for a generation written
-    # before it existed, which then polls on the cold schedule.
+    # When the POST was accepted (store time) and how long after it the track was last
+    # known not ready, for the learned schedule (schedule.py); it runs on through the job
+    # and track phases. None for a generation written before it existed, which then
+    # polls on the cold schedule.
     phase_clock: tuple[float, float] | None = None
     # post evidence (repost.py): this generation's POST was probed and its track not yet
     # seen, so its job's end records how long the track took to show, as an upper bound.
