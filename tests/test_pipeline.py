@@ -57,6 +57,40 @@ def test_track_that_stays_preparing_then_turns_ready(harness, sim):
     assert len(watched) >= 3
 
 
+def _warm(h, low: float, high: float, n: int = 20) -> None:
+    """A site whose generations took ``low``..``high`` s from POST to ready, as learned."""
+    from subtitle_tasks import schedule
+    from subtitle_tasks.state.redis import RedisStore
+
+    store = RedisStore(h.redis, prefix=h.prefix)
+    for i in range(n):
+        store.record_timing("", schedule.READY, low + (high - low) * i / (n - 1), schedule.DECAY)
+
+
+def test_a_warm_site_looks_in_the_track_list_and_never_asks_the_job_result(harness, sim):
+    sim.configure(job_seconds=1.0, preparing_seconds=0.5)
+    _warm(harness, 1.0, 2.0)
+    harness.worker()
+    ask("video-listed")
+    call = only_call(harness, "video-listed")
+    assert call["kind"] == "ready" and call["payload"]["attributes"]["status"] == "ready"
+    gets = [r for r in sim.requests() if r.method == "GET"]
+    assert not [r for r in gets if r.path.startswith("/job-results/")]
+    looks = [r for r in gets if r.path == "/uploads/video-listed/tracks"]
+    assert len(looks) >= 2  # the snapshot before the POST, then looks for the new track
+
+
+def test_a_warm_site_still_hears_of_a_failed_job_from_the_job_result(harness, sim):
+    sim.configure(job_seconds=0.3)
+    _warm(harness, 1.0, 2.0)
+    harness.worker()
+    ask("no-audio-listed")
+    call = only_call(harness, "no-audio-listed")
+    assert call["kind"] == "error" and call["payload"]["code"] == "job_failed"
+    gets = [r for r in sim.requests() if r.method == "GET"]
+    assert [r for r in gets if r.path.startswith("/job-results/")]  # asked once the learned range had passed
+
+
 def test_errored_track_fires_on_error_with_track_errored(harness, sim):
     harness.worker()
     handle = ask("errored-video")
