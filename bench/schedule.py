@@ -56,35 +56,41 @@ from subtitle_tasks.state import DONE
 from subtitle_tasks.state.stub import MemoryStore
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-POLICIES = ("learned", "official", "fixed 1 s", "exponential", "knows the distribution")
+POLICIES = ("learned", "learned, no length", "official", "fixed 1 s", "exponential", "knows the distribution")
 START = 1_800_000_000.0  # the simulated clock's origin (any value: only differences count)
 
 
-# -- duration shapes: (rng, fraction of the run done) -> (job seconds, preparing seconds) ---
+# -- duration shapes: (rng, fraction of the run done, upload seconds) -> (job seconds, preparing seconds) ---
 
-def _narrow(rng: random.Random, f: float) -> tuple[float, float]:
+def _narrow(rng: random.Random, f: float, video: float) -> tuple[float, float]:
     return rng.uniform(40, 50), rng.uniform(2, 6)
 
 
-def _wide(rng: random.Random, f: float) -> tuple[float, float]:
+def _wide(rng: random.Random, f: float, video: float) -> tuple[float, float]:
     return rng.uniform(20, 90), rng.uniform(0, 30)  # the issue's stand-in
 
 
-def _bimodal(rng: random.Random, f: float) -> tuple[float, float]:
+def _bimodal(rng: random.Random, f: float, video: float) -> tuple[float, float]:
     job = rng.uniform(15, 25) if rng.random() < 0.6 else rng.uniform(60, 90)
     return job, rng.uniform(0, 20)
 
 
-def _drifting(rng: random.Random, f: float) -> tuple[float, float]:
+def _drifting(rng: random.Random, f: float, video: float) -> tuple[float, float]:
     middle = 20 + 60 * f  # the typical job goes from 20 s to 80 s over the run
     return rng.uniform(0.7 * middle, 1.3 * middle), rng.uniform(0, 10 + 20 * f)
 
 
-SHAPES: dict[str, tuple[Callable[[random.Random, float], tuple[float, float]], str]] = {
+def _by_length(rng: random.Random, f: float, video: float) -> tuple[float, float]:
+    return 10 + video / 20 * rng.uniform(0.85, 1.15), rng.uniform(0, 10)
+
+
+SHAPES: dict[str, tuple[Callable[[random.Random, float, float], tuple[float, float]], str]] = {
     "narrow": (_narrow, "jobs U(40, 50) s, preparing U(2, 6) s"),
     "wide": (_wide, "jobs U(20, 90) s, preparing U(0, 30) s (the issue's)"),
     "bimodal": (_bimodal, "jobs 60 % U(15, 25) s, 40 % U(60, 90) s; preparing U(0, 20) s"),
     "drifting": (_drifting, "jobs U(0.7m, 1.3m) s, m from 20 to 80 s over the run; preparing U(0, 10 + 20f) s"),
+    "by length": (_by_length, "jobs 10 s + the video's length / 20 (+-15 %), videos 1-32 min (log-uniform); "
+                              "preparing U(0, 10) s"),
 }
 
 
@@ -93,20 +99,27 @@ class Draws:
     arrivals: list[float]
     jobs: list[float]
     preparing: list[float]
+    videos: list[float]  # each upload's length in seconds, given to request_subtitles (unscaled)
 
 
 def draw(shape: str, n: int, seed: int, spacing: float, scale: float = 1.0) -> Draws:
-    """Poisson arrivals ``spacing`` apart on average; durations from the shape, times ``scale``."""
+    """Poisson arrivals ``spacing`` apart on average; durations from the shape, times ``scale``.
+
+    Every upload gets a length (log-uniform 1-32 min) from a stream of its own, so the
+    other draws are the same whether or not a shape uses it."""
     fn = SHAPES[shape][0]
     rng = random.Random(f"{shape}:{seed}")
-    arrivals, jobs, preparing, t = [], [], [], 0.0
+    lengths = random.Random(f"{shape}:{seed}:video")
+    arrivals, jobs, preparing, videos, t = [], [], [], [], 0.0
     for i in range(n):
         t += rng.expovariate(1.0 / spacing)
-        job, prep = fn(rng, i / max(1, n - 1))
+        video = 60 * 2 ** lengths.uniform(0, 5)
+        job, prep = fn(rng, i / max(1, n - 1), video)
         arrivals.append(t * scale)
         jobs.append(max(0.0, job) * scale)
         preparing.append(max(0.0, prep) * scale)
-    return Draws(arrivals, jobs, preparing)
+        videos.append(video)
+    return Draws(arrivals, jobs, preparing, videos)
 
 
 @dataclass
@@ -172,8 +185,10 @@ class ScriptedDatoCMS:
 
 
 def run_pipeline(policy: str, draws: Draws, *, seed: int, poll_initial: float = 1.0, poll_max: float = 60.0,
-                 dispatch_interval: float = 1.0, poll_target: float | None = None) -> tuple[list[Outcome], MemoryStore]:
-    """Every generation through Pipeline.advance, steps run at dispatcher ticks."""
+                 dispatch_interval: float = 1.0, poll_target: float | None = None,
+                 lengths: bool = True) -> tuple[list[Outcome], MemoryStore]:
+    """Every generation through Pipeline.advance, steps run at dispatcher ticks; with
+    ``lengths``, each request gives its upload's length (``upload_duration``)."""
     clock = _Clock()
     store = MemoryStore(clock=clock)
     outcomes = [Outcome() for _ in draws.arrivals]
@@ -197,7 +212,8 @@ def run_pipeline(policy: str, draws: Draws, *, seed: int, poll_initial: float = 
         clock.t = t
         if kind == 0:
             store.create_request(request_id=f"r{i}", generation_id=f"g{i}", upload_id=f"u{i}", language_code="it",
-                                 name=None, environment=None, on_ready=[], on_error=[], ttl=settings.deadline)
+                                 name=None, environment=None, on_ready=[], on_error=[], ttl=settings.deadline,
+                                 duration_band=schedule.duration_band(draws.videos[i]) if lengths else None)
             heapq.heappush(events, (tick(t), 1, i))
             continue
         pipeline.advance(f"g{i}")
@@ -284,10 +300,12 @@ def run_policies(draws: Draws, policies: list[str], *, warmup: int, seed: int, s
         started = time.perf_counter()
         if policy == "knows the distribution":
             outcomes = run_known(draws, out["official"]["steady"]["p95"], warmup, unit=scale)
-        elif policy in ("learned", "exponential"):
-            outcomes, _ = run_pipeline(policy, draws, seed=seed, poll_initial=1.0 * scale, poll_max=60.0 * scale,
+        elif policy in ("learned", "learned, no length", "exponential"):
+            outcomes, _ = run_pipeline("exponential" if policy == "exponential" else "learned", draws, seed=seed,
+                                       poll_initial=1.0 * scale, poll_max=60.0 * scale,
                                        dispatch_interval=dispatch_interval * scale,
-                                       poll_target=(target or Settings.poll_target) * scale)
+                                       poll_target=(target or Settings.poll_target) * scale,
+                                       lengths=policy == "learned")
         else:
             outcomes = run_client("official" if policy == "official" else "fixed", draws, unit=scale)
         out[policy] = {"steady": summarise(outcomes[warmup:]), "cold_start": summarise(outcomes[:warmup]),
@@ -392,7 +410,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(max(0.0, begin + draws.arrivals[i] - time.monotonic()))
                 upload = f"sched-{i}"
                 subtitle_tasks.request_subtitles(upload, "it", on_ready=record.s("ready", upload),
-                                                 on_error=record.s("error", upload))
+                                                 on_error=record.s("error", upload),
+                                                 upload_duration=draws.videos[i])
             give_up = time.monotonic() + 120 * scale + 30
             while len(seen) < n and time.monotonic() < give_up:
                 time.sleep(0.2)

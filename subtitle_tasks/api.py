@@ -14,7 +14,7 @@ from typing import Any, ParamSpec, TypedDict, TypeVar
 
 import redis
 
-from . import logs, validation
+from . import logs, schedule, validation
 from .callbacks import encoded_size, error_payload, normalize
 from .errors import (
     ErrorCode,
@@ -103,11 +103,12 @@ class _Checked:
     on_error: list[dict[str, Any]]
     ttl: float
     fingerprint: str
+    duration_band: int | None = None
 
 
 def _check(settings: Settings, sites: SiteRegistry, upload_id: Any, language_code: Any, *, name: Any,
            on_ready: Any, on_error: Any, deadline: Any, request_id: Any, check_language: bool,
-           site: Any) -> _Checked:
+           site: Any, upload_duration: Any = None) -> _Checked:
     """Every check request_subtitles makes, with no I/O (InvalidSubtitleRequest on a failure)."""
     target = validation.site(site, sites)
     upload_id = validation.upload_id(upload_id)
@@ -115,6 +116,8 @@ def _check(settings: Settings, sites: SiteRegistry, upload_id: Any, language_cod
     name = validation.track_name(name)
     ttl = validation.deadline(deadline, settings.deadline)
     rid = validation.request_id(request_id) or new_id()
+    # A hint, not part of the ask: the fingerprint leaves it out, so a retry may differ in it.
+    band = schedule.duration_band(validation.upload_duration(upload_duration))
     ready = normalize("on_ready", on_ready, key_prefix=settings.key_prefix)
     error = normalize("on_error", on_error, key_prefix=settings.key_prefix)
     size = encoded_size(ready, error)
@@ -126,7 +129,7 @@ def _check(settings: Settings, sites: SiteRegistry, upload_id: Any, language_cod
     digest = fingerprint(upload_id=upload_id, language_code=language_code, name=name,
                          environment=target.environment, on_ready=ready, on_error=error, deadline=deadline,
                          site=target.alias)
-    return _Checked(rid, upload_id, language_code, name, target, ready, error, ttl, digest)
+    return _Checked(rid, upload_id, language_code, name, target, ready, error, ttl, digest, band)
 
 
 def _create(runtime: Runtime, checked: _Checked) -> RequestHandle:
@@ -136,7 +139,7 @@ def _create(runtime: Runtime, checked: _Checked) -> RequestHandle:
         request_id=checked.request_id, generation_id=new_id(), upload_id=checked.upload_id,
         language_code=checked.language_code, name=checked.name, environment=checked.site.environment,
         on_ready=checked.on_ready, on_error=checked.on_error, ttl=checked.ttl, fingerprint=checked.fingerprint,
-        max_joins=settings.max_joins, site=checked.site.alias,
+        max_joins=settings.max_joins, site=checked.site.alias, duration_band=checked.duration_band,
     )
     if created.conflict:
         raise IdempotencyConflict("request_id", f"request {checked.request_id!r} exists with other parameters; "
@@ -158,7 +161,8 @@ def _create(runtime: Runtime, checked: _Checked) -> RequestHandle:
 def request_subtitles(upload_id: str, language_code: str, *, name: str | None = None,
                       on_ready: Any = None, on_error: Any = None, deadline: float | None = None,
                       request_id: str | None = None, check_language: bool = True,
-                      site: str | None = None, app: Any = None) -> RequestHandle:
+                      site: str | None = None, upload_duration: float | None = None,
+                      app: Any = None) -> RequestHandle:
     """Ask for a subtitles track; returns at once.
 
     Raises InvalidSubtitleRequest (or its subclasses IdempotencyConflict and
@@ -172,18 +176,23 @@ def request_subtitles(upload_id: str, language_code: str, *, name: str | None = 
     returns the same request; with other parameters it raises IdempotencyConflict.
     ``site``: the alias of a configured site (SUBTITLE_TASKS_SITES); None for the one
     DATOCMS_API_TOKEN describes. No token is needed here: only workers read tokens.
+    ``upload_duration``: the video's length in seconds, if the caller knows it (the
+    sweep does); a hint only, for the learned poll schedule, which plans from the
+    timing of uploads of about that length once the site's data show it predicts.
     ``app``: the Celery app whose settings apply, when init_app wired several
     (``runtime.runtime_for`` says which one is used without it).
     """
     runtime = runtime_for(app)
     return _create(runtime, _check(
         runtime.settings, runtime.sites, upload_id, language_code, name=name, on_ready=on_ready,
-        on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site))
+        on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site,
+        upload_duration=upload_duration))
 
 
 def check_request(upload_id: str, language_code: str, *, name: str | None = None, on_ready: Any = None,
                   on_error: Any = None, deadline: float | None = None, request_id: str | None = None,
-                  check_language: bool = True, site: str | None = None, app: Any = None) -> None:
+                  check_language: bool = True, site: str | None = None, upload_duration: float | None = None,
+                  app: Any = None) -> None:
     """Every check request_subtitles makes, with no I/O: raises InvalidSubtitleRequest or returns.
 
     For a view that asks from ``transaction.on_commit``: it can answer 400 before its
@@ -192,7 +201,8 @@ def check_request(upload_id: str, language_code: str, *, name: str | None = None
     """
     runtime = runtime_for(app)
     _check(runtime.settings, runtime.sites, upload_id, language_code, name=name, on_ready=on_ready,
-           on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site)
+           on_error=on_error, deadline=deadline, request_id=request_id, check_language=check_language, site=site,
+           upload_duration=upload_duration)
 
 
 def language_request_id(request_id: str, language_code: str, several: bool) -> str:

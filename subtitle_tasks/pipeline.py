@@ -222,7 +222,7 @@ class Pipeline:
         the job result, which alone can tell that a job failed."""
         if self.settings.poll_policy != "learned" or not gen.phase_clock:
             return False
-        stats = self._timing_stats(gen.site, schedule.READY)
+        stats = self._ready_stats(gen)
         return schedule.is_warm(stats) and gen.now - gen.phase_clock[0] < schedule.horizon(stats)
 
     def _watch_track(self, gen: Generation) -> str:
@@ -320,7 +320,7 @@ class Pipeline:
             elapsed = gen.now - gen.phase_clock[0]  # the clock runs from the POST, through both phases
         stats = None
         if self.settings.poll_policy == "learned" and phase in (JOB, TRACK) and elapsed is not None:
-            stats = self._timing_stats(gen.site, schedule.READY)
+            stats = self._ready_stats(gen)
         return schedule.next_delay(stats, elapsed or 0.0, n, target=self._poll_target(),
                                    initial=self.settings.poll_initial, maximum=self.settings.poll_max,
                                    remaining=gen.deadline - gen.now, rng=self.rng, cold=cold, running_at=running_at)
@@ -345,14 +345,26 @@ class Pipeline:
         start, last = gen.phase_clock
         return start + schedule.observed(last, gen.now - start)
 
+    def _ready_stats(self, gen: Generation) -> list[float] | None:
+        """The timing the generation's polls plan from: its upload-duration band's, once
+        that tells more than the site's (schedule.informative), else the site's."""
+        whole = self._timing_stats(gen.site, schedule.READY)
+        if gen.duration_band is None:
+            return whole
+        part = self._timing_stats(gen.site, schedule.timing_name(gen.duration_band))
+        return part if schedule.informative(part, whole) else whole
+
     def _learn(self, gen: Generation) -> None:
         """Record how long the generation took from its POST to its track's end, in the
-        site's histogram."""
+        site's histogram and in its upload-duration band's."""
         if gen.phase not in (JOB, TRACK) or not gen.phase_clock:
             return
         start, last = gen.phase_clock
         # Ready somewhere between the last look that saw it not ready and now.
-        self._record(gen.site, schedule.READY, max(0.0, min(last, gen.now - start)), until=gen.now - start)
+        low, high = max(0.0, min(last, gen.now - start)), gen.now - start
+        self._record(gen.site, schedule.READY, low, until=high)
+        if gen.duration_band is not None:
+            self._record(gen.site, schedule.timing_name(gen.duration_band), low, until=high)
 
     def _record(self, site: str, phase: str, seconds: float, until: float | None = None) -> None:
         try:

@@ -98,6 +98,44 @@ QUANTILE = 0.95  # the share of tracks the target delay applies to
 READY = "ready"  # the timing histogram's name: POST accepted -> track ready (or errored)
 
 
+# Conditioning on the upload's duration, when the caller gives it (request_subtitles'
+# upload_duration): each generation is also learned in its band's histogram, which is
+# used instead of the site's once it holds CONDITION_WARM observations and reads as
+# telling more than the site's (informative()).
+BANDS = 8               # 0: under a minute; then one per doubling; the last: 64 min and over
+CONDITION_WARM = 30.0   # a band's quantiles from fewer draws look narrower by chance alone
+NARROWER = 0.75         # a band whose middle 90 % spans at most this share of the site's
+
+
+def duration_band(seconds: object) -> int | None:
+    """The upload-duration band of a video ``seconds`` long; None without a usable duration."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds <= 0:
+        return None
+    if seconds < 60:
+        return 0
+    return min(BANDS - 1, 1 + int(math.log2(seconds / 60)))
+
+
+def timing_name(band: int | None) -> str:
+    """The name the store keeps a histogram under: the site's, or one duration band's."""
+    return READY if band is None else f"{READY}@{band}"
+
+
+def informative(part: Sequence[float] | None, whole: Sequence[float] | None) -> bool:
+    """Whether one band's histogram tells more about its generations than the site's:
+    it holds CONDITION_WARM observations and its middle 90 % spans at most NARROWER of
+    the site's. Read off the fleet's own data: where the upload's duration does not
+    predict the time, a band's histogram is the site's own with noise and about as
+    wide. (A band's median alone is no evidence: a band learns from a fraction of the
+    generations, so under drift its histogram is older than the site's and its median
+    lags for that reason.)"""
+    if weight(part) < CONDITION_WARM or not is_warm(whole):
+        return False
+    span = quantile(part, 0.95) - quantile(part, 0.05)
+    return span <= NARROWER * (quantile(whole, 0.95) - quantile(whole, 0.05))
+
+
 def lower_edge(index: int) -> float:
     return 0.0 if index <= 0 else BASE * RATIO ** (index - 1)
 

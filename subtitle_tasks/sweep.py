@@ -39,6 +39,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
+from . import schedule
 from .api import request_subtitles
 from .datocms import DatoCMSError, NotFound, Upload
 from .errors import IdempotencyConflict, InvalidSubtitleRequest
@@ -264,7 +265,9 @@ class Sweep:
                 raise _Stop("max_requests")
             if not self.dry_run:
                 try:
-                    self.request(upload.id, tag, request_id=ids[tag], site=self.site or None)
+                    self.request(upload.id, tag, request_id=ids[tag], site=self.site or None,
+                                 **({"upload_duration": upload.duration}
+                                    if schedule.duration_band(upload.duration) is not None else {}))
                 except IdempotencyConflict:
                     report["skipped_requested"] += 1  # made since we looked, with other parameters
                     continue

@@ -67,7 +67,8 @@ def notify(self: Task, request_id: str) -> str:
              autoretry_for=(StateUnavailable,), retry_backoff=True, retry_backoff_max=60, max_retries=None)
 def request(self: Task, upload_id: str, language_codes: str | list[str], name: str | None = None,
             on_ready: Any = None, on_error: Any = None, request_id: str | None = None, site: str | None = None,
-            deadline: float | None = None, check_language: bool = True) -> dict[str, Any]:
+            deadline: float | None = None, check_language: bool = True,
+            upload_duration: float | None = None) -> dict[str, Any]:
     """Ask for subtitles from a message: celery beat, or a service that has only the broker.
 
     JSON arguments only (signatures as dicts). Checked exactly as request_subtitles
@@ -79,7 +80,8 @@ def request(self: Task, upload_id: str, language_codes: str | list[str], name: s
     try:
         handles = request_languages(
             upload_id, language_codes, request_id=request_id or self.request.id, name=name, on_ready=on_ready,
-            on_error=on_error, site=site, deadline=deadline, check_language=check_language, app=self.app)
+            on_error=on_error, site=site, deadline=deadline, check_language=check_language,
+            upload_duration=upload_duration, app=self.app)
     except InvalidSubtitleRequest as exc:
         log.error("subtitle_tasks.request %s refused: %s (upload %r, languages %r)", self.request.id, exc,
                   str(upload_id)[:130], str(language_codes)[:200])

@@ -128,6 +128,17 @@ def deadline(value: object, default: float) -> float:
     return float(value)
 
 
+def upload_duration(value: object) -> float | None:
+    """The video's length in seconds, a hint for the learned poll schedule (None: not given)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 7 * 86400:
+        raise InvalidSubtitleRequest("upload_duration",
+                                     f"expected the video's length in seconds, over 0 and at most 7 days, "
+                                     f"got {_show(value)}")
+    return float(value)
+
+
 def request_id(value: object) -> str | None:
     if value is None:
         return None

@@ -265,6 +265,10 @@ def test_dedicated_fleet_sends_callbacks_to_the_apps_default_queue(harness_facto
     ({"upload_id": "abc", "language_code": "it", "on_error": record.s("error", object())}, "on_error"),
     ({"upload_id": "abc", "language_code": "it", "deadline": -1}, "deadline"),
     ({"upload_id": "abc", "language_code": "it", "name": ""}, "name"),
+    ({"upload_id": "abc", "language_code": "it", "upload_duration": -1}, "upload_duration"),
+    ({"upload_id": "abc", "language_code": "it", "upload_duration": "90"}, "upload_duration"),
+    ({"upload_id": "abc", "language_code": "it", "upload_duration": float("nan")}, "upload_duration"),
+    ({"upload_id": "abc", "language_code": "it", "upload_duration": True}, "upload_duration"),
 ])
 def test_bad_input_fails_at_the_edge_and_writes_nothing(harness, kwargs, field):
     with pytest.raises(InvalidSubtitleRequest) as info:

@@ -260,6 +260,25 @@ def test_a_looser_target_spends_fewer_polls():
     assert counts == sorted(counts, reverse=True) and counts[0] > 2 * counts[-1]
 
 
+def test_an_upload_s_length_falls_in_a_band_per_doubling():
+    assert schedule.duration_band(30.0) == 0 and schedule.duration_band(59.9) == 0
+    assert schedule.duration_band(60.0) == 1 and schedule.duration_band(119.0) == 1
+    assert schedule.duration_band(120.0) == 2 and schedule.duration_band(3 * 3600.0) == schedule.BANDS - 1
+    for nothing in (None, 0, -5.0, math.nan, math.inf, True, "60"):
+        assert schedule.duration_band(nothing) is None
+    assert schedule.timing_name(None) == schedule.READY and schedule.timing_name(3) == "ready@3"
+
+
+def test_a_band_is_used_only_when_the_data_show_it_narrower_than_the_site():
+    whole = learned(uniform(15, 120), n=500)
+    assert schedule.informative(learned(uniform(30, 50), n=60), whole)  # the length predicts
+    assert not schedule.informative(learned(uniform(15, 120), n=60, seed=2), whole)  # it does not
+    assert not schedule.informative(learned(uniform(30, 50), n=20), whole)  # too few to tell
+    assert not schedule.informative(learned(uniform(30, 50), n=60), None)
+    # A band whose middle is elsewhere but as wide (the site drifted) is not evidence.
+    assert not schedule.informative(learned(uniform(60, 160), n=60), whole)
+
+
 # -- the goal, in simulated time ------------------------------------------------------------------
 
 def official(job: float, prep: float) -> tuple[int, float]:
@@ -438,6 +457,32 @@ def test_past_what_was_observed_the_job_result_is_asked_as_it_alone_tells_a_fail
     assert env.step(gid) == "error"
     assert env.client.count("job") == 1
     assert env.gen(gid).result["code"] == "job_failed"
+
+
+def test_a_request_that_gives_the_upload_s_length_is_learned_in_its_band_and_planned_from_it():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 15, 120, n=200)  # the site: anything from 15 s to 2 min
+    band = schedule.duration_band(90.0)
+    rng = random.Random(8)
+    for _ in range(40):  # 1-2 min videos: 30-40 s
+        env.store.record_timing("", schedule.timing_name(band), rng.uniform(30, 40), schedule.DECAY)
+    gid = env.request(upload="u1")  # no length given
+    assert env.gen(gid).duration_band is None
+    hinted = env.store.create_request(request_id="r2", generation_id="g-r2", upload_id="u2", language_code="it-IT",
+                                      name=None, environment=None, on_ready=[], on_error=[], ttl=3600.0,
+                                      duration_band=band)
+    assert env.gen(hinted.generation_id).duration_band == band
+    env.client.posts.append("job-2")
+    assert env.step(hinted.generation_id) == "submitted"
+    assert 25 <= env.delay(hinted.generation_id) <= 40  # planned from its band: 30-40 s
+    env.client.posts.append("job-1")
+    assert env.step(gid) == "submitted"
+    assert env.delay(gid) < 25  # planned from the site: it may be ready from 15 s
+    env.client.tracks["u2"] = [track("t2", upload="u2")]
+    before = schedule.weight(env.store.timing_stats("", schedule.timing_name(band)))
+    assert env.step(hinted.generation_id) == "ready"
+    assert schedule.weight(env.store.timing_stats("", schedule.timing_name(band))) == pytest.approx(
+        before * schedule.DECAY + 1, rel=1e-3)  # learned in its band as well as the site's
 
 
 def test_stats_are_per_site():

@@ -873,6 +873,18 @@ def test_record_timing_is_schedule_update_to_the_stored_precision(store):
     assert stats[schedule.bucket_of(30.0)] == pytest.approx(((0.99 + 1) * 0.99 * 0.5 + 1) * 0.99 * 0.9, rel=1e-3)
 
 
+def test_a_generation_keeps_the_duration_band_it_was_created_with(store):
+    first = store.create_request(request_id="r1", generation_id="g1", upload_id="u1", language_code="it",
+                                 name=None, environment=None, on_ready=[], on_error=[], ttl=60.0, duration_band=3)
+    joined = store.create_request(request_id="r2", generation_id="g2", upload_id="u1", language_code="it",
+                                  name=None, environment=None, on_ready=[], on_error=[], ttl=60.0, duration_band=5)
+    plain = store.create_request(request_id="r3", generation_id="g3", upload_id="u3", language_code="it",
+                                 name=None, environment=None, on_ready=[], on_error=[], ttl=60.0)
+    assert joined.joined and joined.generation_id == first.generation_id
+    assert store.load_generation(first.generation_id).duration_band == 3  # a joiner's hint does not replace it
+    assert store.load_generation(plain.generation_id).duration_band is None
+
+
 def test_record_timing_spreads_an_interval_as_schedule_update_does(store):
     from subtitle_tasks import schedule
 

@@ -158,6 +158,22 @@ def test_requests_what_is_missing_and_skips_existing_tracks_and_requests(make_en
     assert report["api_calls"] == 5 and report["pages"] == 1
 
 
+def test_the_sweep_gives_each_request_its_video_s_length(make_env, sim):
+    from subtitle_tasks import schedule
+
+    env = make_env()
+    sim.add_upload("long-clip", age=HOUR, duration=600.0)
+    sim.add_upload("short-clip", age=HOUR, duration=45.0)
+    report = env.sweep()
+    assert report["requested"] == 2
+    bands = {}
+    for rid in report["requests"]:
+        request = env.store.load_request(rid)
+        bands[request.upload_id] = env.store.load_generation(request.generation_id).duration_band
+    assert bands == {"long-clip": schedule.duration_band(600.0), "short-clip": schedule.duration_band(45.0)}
+    assert bands["long-clip"] != bands["short-clip"]
+
+
 def test_uploads_past_the_window_are_counted_not_requested_and_older_pages_never_read(make_env, sim):
     env = make_env()
     add_videos(sim, 3)

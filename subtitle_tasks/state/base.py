@@ -142,6 +142,13 @@ def _pair(value: str | None) -> tuple[float, float] | None:
         return None
 
 
+def _band(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:  # not ours: plan from the site's timing
+        return None
+
+
 @dataclass(frozen=True)
 class Generation:
     id: str
@@ -174,6 +181,9 @@ class Generation:
     # post evidence (repost.py): this generation's POST was probed and its track not yet
     # seen, so its job's end records how long the track took to show, as an upper bound.
     visibility_probe: bool = False
+    # The upload's duration band (schedule.duration_band), when the request gave the
+    # upload's duration: the learned schedule may plan from that band's timing.
+    duration_band: int | None = None
 
     @property
     def expired(self) -> bool:
@@ -208,6 +218,7 @@ class Generation:
             subscribers=tuple(s for s in raw.get("subs", "").split(",") if s),
             phase_clock=_pair(raw.get("pclock")),
             visibility_probe=raw.get("vprobe") == "1",
+            duration_band=_band(raw.get("dband")),
         )
 
 
@@ -301,7 +312,7 @@ class Store(Protocol):
     def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
                        name: str | None, environment: str | None, on_ready: list[dict[str, Any]],
                        on_error: list[dict[str, Any]], ttl: float, fingerprint: str = "", max_joins: int = 0,
-                       site: str = "") -> Created: ...
+                       site: str = "", duration_band: int | None = None) -> Created: ...
 
     def claim_due(self, lease: float, limit: int, pace: int = 0, window: float = 0.0,
                   holder: str = "") -> list[tuple[str, str]]:

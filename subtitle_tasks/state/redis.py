@@ -201,7 +201,7 @@ class RedisStore:
     def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
                        name: str | None, environment: str | None, on_ready: list[dict[str, Any]],
                        on_error: list[dict[str, Any]], ttl: float, fingerprint: str = "", max_joins: int = 0,
-                       site: str = "") -> Created:
+                       site: str = "", duration_band: int | None = None) -> Created:
         """One atomic create (create.lua); ``max_joins`` 0 means no cap on subscribers."""
         dedup = dedup_field(site, environment, upload_id, language_code)
         callback_fields: list[str] = []
@@ -211,7 +211,8 @@ class RedisStore:
                     callback_fields += pair
         gid, joined, status = self._run(
             "create", request_id, generation_id, upload_id, language_code, name or "", environment or "", dedup,
-            repr(float(ttl)), fingerprint, max_joins or 2**31, site or "", *callback_fields,
+            repr(float(ttl)), fingerprint, max_joins or 2**31, site or "",
+            "" if duration_band is None else str(int(duration_band)), *callback_fields,
         )
         status = _text(status)
         if status == "full":

@@ -187,7 +187,7 @@ class MemoryStore:
     def create_request(self, *, request_id: str, generation_id: str, upload_id: str, language_code: str,
                        name: str | None, environment: str | None, on_ready: list[dict[str, Any]],
                        on_error: list[dict[str, Any]], ttl: float, fingerprint: str = "", max_joins: int = 0,
-                       site: str = "") -> Created:
+                       site: str = "", duration_band: int | None = None) -> Created:
         # ``ttl``: seconds from now until the request's deadline.
         dedup = dedup_field(site, environment, upload_id, language_code)
         on_ready_raw, on_error_raw = _encode(on_ready), _encode(on_error)
@@ -218,6 +218,8 @@ class MemoryStore:
                     "dedup": dedup, "phase": SUBMIT, "attempts": "0", "errors": "0",
                     "created": _stamp(now), "deadline": _stamp(ends), "due": _stamp(now), "subs": request_id,
                 }
+                if duration_band is not None:
+                    new_gen["dband"] = str(int(duration_band))
                 self._keys.set(f"gen:{gid}", new_gen, now=now)
                 self._active[dedup] = gid
                 self._schedule(gid, new_gen, now)

@@ -3,11 +3,13 @@
 -- KEYS: none (all keys derive from the prefix; not for Redis Cluster)
 -- ARGV: prefix, request_id, new_generation_id, upload_id, language_code, name,
 --       environment, dedup_field, ttl_seconds, fingerprint, max_joins, site,
---       (callback field, value)...
+--       duration_band, (callback field, value)...
 -- Callback fields are on_ready/on_error, split by the caller into parts that keep the
 -- request hash a compact listpack (state/base.py, split_field).
 -- dedup_field is [site#]env|upload|lowercased language (finish.lua and cancel.lua
 -- rebuild it); site is the alias of a named site, '' for the default one.
+-- duration_band is the upload's duration band (schedule.duration_band) or '': a new
+-- generation keeps it for the learned schedule; a joined one keeps its own.
 -- fingerprint identifies the parameters: the same request id with another one is a
 -- conflict, not a retry.
 -- Returns {generation_id, joined(0|1), status}: status 'created', 'existed',
@@ -17,6 +19,7 @@
 local prefix, rid, new_gid = ARGV[1], ARGV[2], ARGV[3]
 local upload, lang, name, env, dedup = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local ttl, fingerprint, max_joins, site = tonumber(ARGV[9]), ARGV[10], tonumber(ARGV[11]), ARGV[12]
+local band = ARGV[13]
 
 local req_key = prefix .. ':req:' .. rid
 local existing = redis.call('HMGET', req_key, 'gen', 'fp')
@@ -84,6 +87,7 @@ else
   if name ~= '' then fields[#fields + 1] = 'name'; fields[#fields + 1] = name end
   if env ~= '' then fields[#fields + 1] = 'env'; fields[#fields + 1] = env end
   if site ~= '' then fields[#fields + 1] = 'site'; fields[#fields + 1] = site end
+  if band ~= '' then fields[#fields + 1] = 'dband'; fields[#fields + 1] = band end
   redis.call('HSET', gen_key, unpack(fields))
   redis.call('HSET', active_key, dedup, gid)
   redis.call('ZADD', submit_key, now, gid)
@@ -93,7 +97,7 @@ redis.call('HSET', req_key, 'gen', gid, 'upload', upload, 'lang', lang, 'state',
   'created', string.format('%.6f', now), 'deadline', string.format('%.6f', deadline), 'fp', fingerprint)
 -- Callback parts in small batches: unpack() of thousands of values would overflow
 -- Lua's stack (the edge caps their size; this keeps the script safe regardless).
-for i = 13, #ARGV, 100 do
+for i = 14, #ARGV, 100 do
   redis.call('HSET', req_key, unpack(ARGV, i, math.min(i + 99, #ARGV)))
 end
 return {gid, joined, 'created'}
