@@ -1,22 +1,24 @@
 """Polling schedules on a simulated clock: requests per subtitle and detection delay.
 
-    python -m bench.schedule                  # 4 shapes x 4 policies, 3,000 generations each (~20 s)
+    python -m bench.schedule                  # 5 shapes x 6 policies, 3,000 generations each (~4 min)
     python -m bench.schedule --real           # plus the real-process check on one shape (~2 min more)
     python -m bench.schedule --generations 500 --shapes wide   # smoke run
     python -m bench.schedule --target 8       # another trade-off (SUBTITLE_TASKS_POLL_TARGET)
 
-Issue #10, items 1-2. Each shape draws, from its own seed, an arrival time, a job
-duration (POST accepted -> job result 200) and a preparing time (job done -> track
-ready) per generation; every policy sees the same draws.
+Issue #10, items 1-2. Each shape draws, from its own seed, an arrival time, a video
+length, a job duration (POST accepted -> job result 200) and a preparing time (job
+done -> track ready) per generation; every policy sees the same draws.
 
-* ``learned`` and ``exponential`` run through the real code: ``Pipeline.advance`` on a
-  ``MemoryStore`` whose clock is the simulation's, against a scripted DatoCMS that
-  answers from the draws. A step due at ``t`` runs at the first dispatcher tick after
-  ``t`` (``--dispatch-interval``, 1 s as ``SUBTITLE_TASKS_DISPATCH_INTERVAL``), as
-  the dispatcher hands it out. ``learned`` learns as it goes, from a cold start.
+* ``learned`` (each request giving its video's length), ``learned, no length`` and
+  ``exponential`` run through the real code: ``Pipeline.advance`` on a ``MemoryStore``
+  whose clock is the simulation's, against a scripted DatoCMS that answers from the
+  draws. A step due at ``t`` runs at the first dispatcher tick after ``t``
+  (``--dispatch-interval``, 1 s as ``SUBTITLE_TASKS_DISPATCH_INTERVAL``), as the
+  dispatcher hands it out. The learned ones learn as they go, from a cold start.
 * ``official`` (the JS client's ``pollJobResult``: 1 s, 2 s, 3 s, ... between job-result
   GETs, and the same for the track list after the job result) and ``fixed 1 s`` (the
   Ruby client) poll in-process: no dispatcher.
+* ``knows the distribution`` is a floor, not a policy (``run_known``).
 
 Requests per subtitle count every GET a generation makes (job results and track lists,
 including the one track-list snapshot ours takes before its POST); the POST, which
