@@ -25,13 +25,13 @@ PREFIX = "hostile"
 app = Celery("hostile-test", set_as_current=False)
 
 
-@app.task(name="app.publish")
+@app.task(name="hostile.publish")
 def publish(track, pk):
     return pk
 
 
 def sig(**fields):
-    return {"task": "app.publish", "args": [1], **fields}
+    return {"task": "hostile.publish", "args": [1], **fields}
 
 
 def opts(**options):
@@ -106,7 +106,7 @@ CASES = [
     ("rid int", dict(request_id=5), InvalidSubtitleRequest, "request_id"),
     ("rid unicode", dict(request_id="é"), InvalidSubtitleRequest, "request_id"),
     # callbacks: structure
-    ("cb a string", dict(on_ready="app.publish"), InvalidSubtitleRequest, "on_ready"),
+    ("cb a string", dict(on_ready="hostile.publish"), InvalidSubtitleRequest, "on_ready"),
     ("cb an int", dict(on_ready=42), InvalidSubtitleRequest, "on_ready"),
     ("cb no task", dict(on_ready={"args": [1]}), InvalidSubtitleRequest, "on_ready"),
     ("cb args not a list", dict(on_ready={"task": "x", "args": 5}), InvalidSubtitleRequest, "on_ready"),
