@@ -201,7 +201,9 @@ class Pipeline:
         return job_id, body_type
 
     def _poll_job(self, gen: Generation) -> str:
-        listed = self._look_in_track_list(gen)
+        # The site's timing, read once for the whole step: where to look and when next.
+        stats = self._ready_stats(gen) if self.settings.poll_policy == "learned" and gen.phase_clock else None
+        listed = self._look_in_track_list(gen, stats)
         if listed:
             # The upload's track list shows the new track with its current status, so one
             # request can see it ready; the job result only shows it as the job left it.
@@ -209,21 +211,23 @@ class Pipeline:
         else:
             track = self.client_for(gen.site).get_job_result(gen.job_id)
         if track is None:
-            self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, errors=0, **self._polled(gen))
+            self._schedule(gen, self._poll_delay(gen, stats=stats), attempts=gen.attempts + 1, errors=0,
+                           **self._polled(gen))
             return "job-pending"
         if gen.visibility_probe and gen.phase_clock:  # the track exists by now: an upper bound
             self._record(gen.site, repost.VISIBLE, gen.now - gen.phase_clock[0])
-        return self._on_track(gen, track, current=listed)
+        return self._on_track(gen, track, current=listed, stats=stats)
 
-    def _look_in_track_list(self, gen: Generation) -> bool:
+    @staticmethod
+    def _look_in_track_list(gen: Generation, stats: list[float] | None) -> bool:
         """Whether this job poll looks for the new track in the upload's list rather than
-        asking for the job result: once the site's timing is learned (schedule.py), while
-        the time since the POST is within what was observed. Past that, and while cold,
-        the job result, which alone can tell that a job failed."""
-        if self.settings.poll_policy != "learned" or not gen.phase_clock:
+        asking for the job result: once the site's timing is learned (``stats``, None
+        under the exponential policy), while the time since the POST is within what was
+        observed. Past that, and while cold, the job result, which alone can tell that a
+        job failed."""
+        if not gen.phase_clock or not schedule.is_warm(stats):
             return False
-        stats = self._ready_stats(gen)
-        return schedule.is_warm(stats) and gen.now - gen.phase_clock[0] < schedule.horizon(stats)
+        return gen.now - gen.phase_clock[0] < schedule.horizon(stats)
 
     def _watch_track(self, gen: Generation) -> str:
         tracks = self.client_for(gen.site).list_tracks(gen.upload_id)
@@ -234,9 +238,11 @@ class Pipeline:
         return self._on_track(gen, track)
 
     # -- outcomes ---------------------------------------------------------------------
-    def _on_track(self, gen: Generation, track: UploadTrack, current: bool = True) -> str:
+    def _on_track(self, gen: Generation, track: UploadTrack, current: bool = True,
+                  stats: list[float] | None = None) -> str:
         """Act on our track as a look found it: ``current`` when from the upload's track
-        list, False when from a job result (the track as it was when the job ended)."""
+        list, False when from a job result (the track as it was when the job ended).
+        ``stats``: the site's timing if this step read it already."""
         if track.is_ready or track.is_errored:
             self._learn(gen)
         if track.is_ready:
@@ -254,7 +260,7 @@ class Pipeline:
             clock = {"phase_clock": (gen.phase_clock[0], running_at)}
         # A new track phase restarts the cold schedule at its first gap, as the official client does.
         attempts = gen.attempts + 1 if gen.phase == TRACK else 0
-        delay = self._poll_delay(gen, attempts, phase=TRACK, running_at=running_at)
+        delay = self._poll_delay(gen, attempts, phase=TRACK, running_at=running_at, stats=stats)
         self._schedule(gen, delay, phase=TRACK, track_id=track.id,
                        attempts=attempts, errors=0, posted_at=None, visibility_probe=False, **clock)
         return "track-preparing"
@@ -310,16 +316,18 @@ class Pipeline:
 
     def _poll_delay(self, gen: Generation, attempts: int | None = None, *, phase: str | None = None,
                     elapsed: float | None = None, running_at: float | None = None,
-                    cold: float | None = None) -> float:
+                    cold: float | None = None, stats: list[float] | None = None) -> float:
         """The wait before the next poll: learned from the site's recent generations
         (schedule.py) in the job and track phases, capped exponential backoff otherwise
-        (policy ``exponential``, a cold histogram, a generation without a phase clock)."""
+        (policy ``exponential``, a cold histogram, a generation without a phase clock).
+        ``stats``: the site's timing if the step read it already (read here otherwise)."""
         n = gen.attempts if attempts is None else attempts
         phase = phase or gen.phase
         if elapsed is None and gen.phase_clock:
             elapsed = gen.now - gen.phase_clock[0]  # the clock runs from the POST, through both phases
-        stats = None
-        if self.settings.poll_policy == "learned" and phase in (JOB, TRACK) and elapsed is not None:
+        if self.settings.poll_policy != "learned" or phase not in (JOB, TRACK) or elapsed is None:
+            stats = None
+        elif stats is None:
             stats = self._ready_stats(gen)
         return schedule.next_delay(stats, elapsed or 0.0, n, target=self._poll_target(),
                                    initial=self.settings.poll_initial, maximum=self.settings.poll_max,

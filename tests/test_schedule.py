@@ -436,6 +436,22 @@ def test_a_warm_site_looks_in_the_track_list_and_finishes_without_the_job_result
     assert env.notified == ["r1"]
 
 
+def test_a_job_poll_reads_the_site_s_timing_once():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 40, 50)
+    gid = env.submitted()
+    reads = []
+    real = env.store.timing_stats
+    env.store.timing_stats = lambda site, phase: reads.append(phase) or real(site, phase)
+    env.client.tracks["u1"] = []
+    assert env.step(gid) == "job-pending"  # where to look and when next, from one read
+    assert reads == [schedule.READY]
+    reads.clear()
+    env.client.tracks["u1"] = [track("t9", status="preparing")]
+    assert env.step(gid) == "track-preparing"
+    assert reads == [schedule.READY]
+
+
 def test_a_ready_track_in_the_list_ends_the_job_phase_at_once():
     env = with_settings(Env(), poll_max=60.0)
     warm(env, 40, 50)
