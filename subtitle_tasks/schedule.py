@@ -54,11 +54,16 @@ from functools import lru_cache
 from .backoff import capped_exponential
 
 __all__ = [
+    "BANDS",
     "BASE",
     "BUCKETS",
+    "CONDITION_WARM",
     "DECAY",
+    "GRID",
     "GROWTH",
     "JITTER",
+    "MAX_PARTS",
+    "NARROWER",
     "PRUNE",
     "QUANTILE",
     "RATIO",
@@ -67,8 +72,10 @@ __all__ = [
     "bucket_of",
     "cdf",
     "decode",
+    "duration_band",
     "encode",
     "horizon",
+    "informative",
     "is_warm",
     "lower_edge",
     "next_delay",
@@ -77,6 +84,7 @@ __all__ = [
     "poll_times",
     "quantile",
     "spread",
+    "timing_name",
     "update",
     "upper_edge",
     "valid_duration",
@@ -454,7 +462,7 @@ def horizon(stats: Sequence[float] | None) -> float:
 
 def planned_late_share(stats: Sequence[float] | None, *, target: float, initial: float, maximum: float) -> float:
     """The share of tracks the learned plan expects to see later than ``target`` (at most
-    1 - QUANTILE unless the gaps' bounds forbid it); 0.0 while cold. For tests and the CLI."""
+    1 - QUANTILE unless the gaps' bounds forbid it); 0.0 while cold. For tests."""
     if not is_warm(stats):
         return 0.0
     return _plan(tuple(_counts(stats)), max(0.0, float(target)), float(initial), float(maximum)).miss
@@ -463,7 +471,7 @@ def planned_late_share(stats: Sequence[float] | None, *, target: float, initial:
 def poll_times(stats: Sequence[float] | None, *, target: float, initial: float, maximum: float,
                horizon: float) -> list[float]:
     """The whole learned schedule, without jitter: poll times (seconds since the POST) up
-    to ``horizon``. For tests, documentation and the CLI; the pipeline asks
+    to ``horizon``. For tests and bench/schedule.py's floor; the pipeline asks
     :func:`next_delay` one poll at a time."""
     out: list[float] = []
     t = 0.0
