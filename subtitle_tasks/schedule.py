@@ -79,6 +79,7 @@ __all__ = [
     "is_warm",
     "lower_edge",
     "next_delay",
+    "observation",
     "observed",
     "planned_late_share",
     "poll_times",
@@ -199,6 +200,15 @@ def spread(low: float, high: float) -> list[tuple[int, float]]:
     return [(index, w / total) for index, w in pairs] if total > 0 else [(bucket_of(low), 1.0)]
 
 
+def observation(seconds: float, until: float | None = None) -> list[tuple[int, float]]:
+    """What one observation adds to a histogram, as (bucket, share) pairs: +1 in the
+    bucket of ``seconds``, or spread over [seconds, until] (:func:`spread`). Empty when
+    either bound is negative or not finite: such an observation changes nothing."""
+    if not valid_duration(seconds) or (until is not None and not valid_duration(until)):
+        return []
+    return spread(seconds, seconds if until is None else until)
+
+
 def update(stats: Sequence[float] | None, seconds: float, decay: float = DECAY,
            until: float | None = None) -> list[float]:
     """The histogram after one more observation: every count times ``decay`` (counts
@@ -211,11 +221,12 @@ def update(stats: Sequence[float] | None, seconds: float, decay: float = DECAY,
     if not 0 < decay <= 1:
         raise ValueError(f"decay must be within (0, 1], got {decay!r}")
     counts = _counts(stats)
-    if not valid_duration(seconds) or (until is not None and not valid_duration(until)):
+    added = observation(seconds, until)
+    if not added:
         return counts
     counts = [c * decay for c in counts]
     counts = [c if c >= PRUNE else 0.0 for c in counts]
-    for index, share in spread(seconds, seconds if until is None else until):
+    for index, share in added:
         counts[index] += share
     return counts
 

@@ -486,14 +486,15 @@ class RedisStore:
     def record_timing(self, site: str, phase: str, seconds: float, decay: float, until: float | None = None) -> None:
         from .. import schedule
 
-        if not schedule.valid_duration(seconds) or (until is not None and not schedule.valid_duration(until)):
+        added = schedule.observation(seconds, until)
+        if not added:
             return
         script = self.__dict__.get("_timing_script")
         if script is None:
             text = (resources.files(__package__) / "scripts" / "timing.lua").read_text()
             script = self._timing_script = self.client.register_script(text)
         shares: list[int | str] = []
-        for index, share in schedule.spread(seconds, seconds if until is None else until):
+        for index, share in added:
             shares += [index + 1, repr(share)]
         script(keys=[self._timing_key(site, phase)],
                args=[repr(float(decay)), schedule.BUCKETS, repr(schedule.PRUNE), lock_millis(self._TIMING_TTL),

@@ -581,7 +581,7 @@ class MemoryStore:
     def record_timing(self, site: str, phase: str, seconds: float, decay: float, until: float | None = None) -> None:
         from .. import schedule
 
-        if not schedule.valid_duration(seconds) or (until is not None and not schedule.valid_duration(until)):
+        if not schedule.observation(seconds, until):
             return
         with self._lock:
             now = self._now()
