@@ -39,7 +39,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TypedDict
 
-from . import schedule
+from . import validation
 from .api import request_subtitles
 from .datocms import DatoCMSError, NotFound, Upload
 from .errors import IdempotencyConflict, InvalidSubtitleRequest
@@ -183,6 +183,15 @@ class _Progress(TypedDict):
     pending: float | None  # created_at of the oldest recent video not yet on Mux
 
 
+def _length_hint(upload: Upload) -> float | None:
+    """The upload's length as request_subtitles' hint; a length the edge would refuse
+    (zero, or past its bound) is left out rather than costing the request."""
+    try:
+        return validation.upload_duration(upload.duration)
+    except InvalidSubtitleRequest:
+        return None
+
+
 class Sweep:
     """One sweep of one site. Build it with :func:`sweep`; ``run()`` returns the report."""
 
@@ -266,8 +275,7 @@ class Sweep:
             if not self.dry_run:
                 try:
                     self.request(upload.id, tag, request_id=ids[tag], site=self.site or None,
-                                 **({"upload_duration": upload.duration}
-                                    if schedule.duration_band(upload.duration) is not None else {}))
+                                 upload_duration=_length_hint(upload))
                 except IdempotencyConflict:
                     report["skipped_requested"] += 1  # made since we looked, with other parameters
                     continue

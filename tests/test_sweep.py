@@ -164,13 +164,15 @@ def test_the_sweep_gives_each_request_its_video_s_length(make_env, sim):
     env = make_env()
     sim.add_upload("long-clip", age=HOUR, duration=600.0)
     sim.add_upload("short-clip", age=HOUR, duration=45.0)
+    sim.add_upload("endless", age=HOUR, duration=8 * 86400.0)  # past what the edge takes as a length
     report = env.sweep()
-    assert report["requested"] == 2
+    assert report["requested"] == 3
     bands = {}
     for rid in report["requests"]:
         request = env.store.load_request(rid)
         bands[request.upload_id] = env.store.load_generation(request.generation_id).duration_band
-    assert bands == {"long-clip": schedule.duration_band(600.0), "short-clip": schedule.duration_band(45.0)}
+    assert bands == {"long-clip": schedule.duration_band(600.0), "short-clip": schedule.duration_band(45.0),
+                     "endless": None}  # requested all the same, without the hint
     assert bands["long-clip"] != bands["short-clip"]
 
 
