@@ -28,10 +28,6 @@ class ErrorCode(str, enum.Enum):
     TRACK_MISSING = "track_missing"          # the job's track vanished from the upload's track list
     DEADLINE_EXCEEDED = "deadline_exceeded"  # not finished before the request's deadline
     CANCELLED = "cancelled"                  # subtitle_tasks.cancel() ended it
-    # A POST's answer was lost and the upload has a track in the language that may or may
-    # not be ours (pipeline.py: a POST sent without a snapshot): adopting or POSTing again
-    # could both be wrong.
-    POST_OUTCOME_UNKNOWN = "post_outcome_unknown"
     PROTOCOL_ERROR = "protocol_error"        # a permanent failure none of the codes above describes
     INVALID_ARGUMENTS = "invalid_arguments"  # a subtitle_tasks.request message failed the edge checks
     # The sandbox environment refuses track changes (IMMUTABLE_UPLOAD_TRACKS_IN_SANDBOX_ENVIRONMENT):

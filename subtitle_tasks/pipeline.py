@@ -116,28 +116,20 @@ class Pipeline:
 
     # -- steps ------------------------------------------------------------------------
     def _submit(self, gen: Generation, token: str) -> str:
-        # The site's timing, read once: whether the POST needs a snapshot, and the first poll.
-        stats = self._ready_stats(gen) if self.settings.poll_policy == "learned" else None
-        known: tuple[str, ...] | None
         if gen.posted_at is not None:
             # An earlier POST may have reached DatoCMS (worker killed, answer lost):
             # look for its track before creating a second one.
-            tracks = self._list_tracks(gen)
-            known = gen.known_tracks if gen.known_tracks is not None else self._baseline(gen, tracks)
-            if known is None:
-                return self._fail(gen, ErrorCode.POST_OUTCOME_UNKNOWN, self._unknown_outcome_message(gen, tracks))
-            track = self._new_track(gen, tracks, known)
+            track = self._find_new_track(gen, gen.known_tracks)
             if track is not None:
                 log.info("generation %s: adopted track %s from an earlier POST", gen.id, track.id, extra=_context(gen))
                 self._record(gen.site, repost.VISIBLE, gen.now - gen.posted_at)  # an upper bound
                 return self._on_track(gen, track)
             if gen.now - gen.posted_at < self._repost_after(gen.site):
-                self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1, known_tracks=known)
+                self._schedule(gen, self._poll_delay(gen), attempts=gen.attempts + 1)
                 return "reconciling"
-        elif self._needs_snapshot(stats):
-            known = tuple(t.id for t in self._list_tracks(gen))
+            known = gen.known_tracks
         else:
-            known = None  # the first look after the POST stands in for it (_poll_job)
+            known = tuple(t.id for t in self.client_for(gen.site).list_tracks(gen.upload_id))
         # Fencing: the snapshot may have taken longer than the lock (slow answers, inline
         # retries). If the lock lapsed, another worker may be running this very step; only
         # a holder that renews it may POST.
@@ -165,21 +157,11 @@ class Pipeline:
                 return "ambiguous"
             raise
         # The job phase's clock starts now; cold, the first poll is poll_initial away, as before.
-        first = self._poll_delay(gen, 0, phase=JOB, elapsed=0.0, cold=self.settings.poll_initial, stats=stats)
-        pending, known = self._probe_visibility(gen, known, sent_at)
-        self._schedule(gen, first, phase=JOB, job_id=job_id, body_type=body_type, known_tracks=known,
+        first = self._poll_delay(gen, 0, phase=JOB, elapsed=0.0, cold=self.settings.poll_initial)
+        pending = self._probe_visibility(gen, known, sent_at)
+        self._schedule(gen, first, phase=JOB, job_id=job_id, body_type=body_type,
                        posted_at=None, attempts=0, errors=0, phase_clock=(gen.now, 0.0), visibility_probe=pending)
         return "submitted"
-
-    @staticmethod
-    def _needs_snapshot(stats: list[float] | None) -> bool:
-        """Whether to list the upload's tracks before POSTing (one GET per generation).
-
-        Once the site's timing is learned, job polls look in the upload's track list, and
-        the first look after the POST is the snapshot whenever it shows no subtitles track
-        in our language (_baseline). While cold, polls ask the job result, and the
-        snapshot is what a lost POST answer is reconciled against."""
-        return not schedule.is_warm(stats)
 
     def _repost_after(self, site: str) -> float:
         """How long after a POST with an unknown outcome a second one may go out: learned
@@ -187,27 +169,19 @@ class Pipeline:
         return repost.repost_after(self._timing_stats(site, repost.VISIBLE), floor=2 * self.settings.lease,
                                    ceiling=self.settings.submit_grace)
 
-    def _probe_visibility(self, gen: Generation, known: tuple[str, ...] | None,
-                          sent_at: float) -> tuple[bool, tuple[str, ...] | None]:
+    def _probe_visibility(self, gen: Generation, known: tuple[str, ...], sent_at: float) -> bool:
         """On a sample of accepted POSTs, look for the new track at once and record how soon
-        it showed (repost.py). Returns whether it was probed and not seen yet (the job's end
-        then records it), and the snapshot, which a probe of a POST sent without one may
-        supply (unchanged otherwise)."""
+        it showed (repost.py). True when probed and not seen yet: the job's end records it."""
         if not repost.should_probe(self._timing_stats(gen.site, repost.VISIBLE), self.rng):
-            return False, known
+            return False
         try:
-            tracks = self._list_tracks(gen)
+            track = self._find_new_track(gen, known)
         except api.DatoCMSError:
-            return True, known
-        if known is None:
-            # Without a snapshot, only a list with no track in our language tells anything:
-            # the track has not shown yet, and the list is the snapshot.
-            known = self._baseline(gen, tracks)
-            return known is not None, known
-        if self._new_track(gen, tracks, known) is None:
-            return True, known
+            return True
+        if track is None:
+            return True
         self._record(gen.site, repost.VISIBLE, time.monotonic() - sent_at)
-        return False, known
+        return False
 
     def _post(self, gen: Generation) -> tuple[str, str]:
         client = self.client_for(gen.site)
@@ -229,33 +203,20 @@ class Pipeline:
     def _poll_job(self, gen: Generation) -> str:
         # The site's timing, read once for the whole step: where to look and when next.
         stats = self._ready_stats(gen) if self.settings.poll_policy == "learned" and gen.phase_clock else None
-        current = self._look_in_track_list(gen, stats)
-        snapshot: dict[str, Any] = {}
-        if current:
+        listed = self._look_in_track_list(gen, stats)
+        if listed:
             # The upload's track list shows the new track with its current status, so one
             # request can see it ready; the job result only shows it as the job left it.
-            tracks = self._list_tracks(gen)
-            known = gen.known_tracks if gen.known_tracks is not None else self._baseline(gen, tracks)
-            if known is not None:
-                if gen.known_tracks is None:
-                    snapshot = {"known_tracks": known}  # this look stands in for the snapshot
-                track = self._new_track(gen, tracks, known)
-            else:
-                # Posted without a snapshot, and the list already holds a track in our
-                # language: ours or older, only the job result tells (and is asked from now on).
-                track = self.client_for(gen.site).get_job_result(gen.job_id)
-                if track is not None:  # the list shows its current status, if it holds it already
-                    listed = next((t for t in tracks if t.id == track.id), None)
-                    current, track = listed is not None, listed or track
+            track = self._find_new_track(gen, gen.known_tracks)
         else:
             track = self.client_for(gen.site).get_job_result(gen.job_id)
         if track is None:
             self._schedule(gen, self._poll_delay(gen, stats=stats), attempts=gen.attempts + 1, errors=0,
-                           **self._polled(gen), **snapshot)
+                           **self._polled(gen))
             return "job-pending"
         if gen.visibility_probe and gen.phase_clock:  # the track exists by now: an upper bound
             self._record(gen.site, repost.VISIBLE, gen.now - gen.phase_clock[0])
-        return self._on_track(gen, track, current=current, stats=stats)
+        return self._on_track(gen, track, current=listed, stats=stats)
 
     @staticmethod
     def _look_in_track_list(gen: Generation, stats: list[float] | None) -> bool:
@@ -263,12 +224,8 @@ class Pipeline:
         asking for the job result: once the site's timing is learned (``stats``, None
         under the exponential policy), while the time since the POST is within what was
         observed. Past that, and while cold, the job result, which alone can tell that a
-        job failed. Also the job result for a generation posted without a snapshot whose
-        first look found a track in its language already (a look since then would have
-        given it a snapshot)."""
+        job failed."""
         if not gen.phase_clock or not schedule.is_warm(stats):
-            return False
-        if gen.known_tracks is None and gen.attempts > 0:
             return False
         return gen.now - gen.phase_clock[0] < schedule.horizon(stats)
 
@@ -443,29 +400,12 @@ class Pipeline:
             message += f"; last error: {gen.last_error}"
         return message
 
-    def _list_tracks(self, gen: Generation) -> list[UploadTrack]:
+    def _find_new_track(self, gen: Generation, known: tuple[str, ...]) -> UploadTrack | None:
+        """A subtitles track in ``gen``'s language the upload did not have before our POST."""
+        wanted = gen.language_code.lower()
         tracks: list[UploadTrack] = self.client_for(gen.site).list_tracks(gen.upload_id)
-        return tracks
-
-    @staticmethod
-    def _ours(gen: Generation, track: UploadTrack) -> bool:
-        """A subtitles track in ``gen``'s language: the kind our POST creates."""
-        return (track.language_code or "").lower() == gen.language_code.lower() and track.track_type == "subtitles"
-
-    def _new_track(self, gen: Generation, tracks: list[UploadTrack], known: tuple[str, ...]) -> UploadTrack | None:
-        """A subtitles track in ``gen``'s language that is not in the snapshot ``known``."""
-        return next((t for t in tracks if t.id not in known and self._ours(gen, t)), None)
-
-    def _baseline(self, gen: Generation, tracks: list[UploadTrack]) -> tuple[str, ...] | None:
-        """A list seen after a POST sent without a snapshot, as the snapshot: when it holds
-        no subtitles track in our language, every such track that shows later is new.
-        None when it holds one: it may be ours or older, and nothing in the list tells."""
-        if any(self._ours(gen, t) for t in tracks):
-            return None
-        return tuple(t.id for t in tracks)
-
-    def _unknown_outcome_message(self, gen: Generation, tracks: list[UploadTrack]) -> str:
-        ids = ", ".join(t.id for t in tracks if self._ours(gen, t))
-        return (f"an earlier POST's answer was lost and upload {gen.upload_id} already has subtitles in "
-                f"{gen.language_code} (track {ids}); it was posted without a snapshot, so nothing tells whether "
-                "one of them is ours: neither adopting one nor POSTing again is safe")
+        for track in tracks:
+            if track.id not in known and (track.language_code or "").lower() == wanted \
+                    and track.track_type == "subtitles":
+                return track
+        return None

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from subtitle_tasks import schedule
 from subtitle_tasks.backoff import capped_exponential
-from tests.test_pipeline_unit import START, Env, job_failed, read_timeout, server_error, track
+from tests.test_pipeline_unit import START, Env, job_failed, track
 
 ONE = lambda: 1.0  # noqa: E731  (a draw that takes no jitter off)
 
@@ -423,88 +423,17 @@ def test_warm_stats_move_the_first_poll_to_where_tracks_become_ready():
 def test_a_warm_site_looks_in_the_track_list_and_finishes_without_the_job_result():
     env = with_settings(Env(), poll_max=60.0)
     warm(env, 40, 50)
-    env.client.tracks["u1"] = [track("en", lang="en-US", status="ready")]  # another language: not ours
+    env.client.tracks["u1"] = [track("old", status="ready")]  # an Italian track from before: not ours
     gid = env.submitted()
-    assert env.client.calls[0][0] == "post"  # a warm site sends no snapshot before the POST
-    assert env.gen(gid).known_tracks is None
-    assert env.step(gid) == "job-pending"  # no Italian track yet: this look is the snapshot
-    assert env.gen(gid).known_tracks == ("en",)
+    assert env.step(gid) == "job-pending"  # the list shows only the old track
     env.client.tracks["u1"].append(track("t9", status="preparing"))
     assert env.step(gid) == "track-preparing"
     assert env.gen(gid).track_id == "t9"
     env.client.tracks["u1"][1] = track("t9")
     assert env.step(gid) == "ready"
     assert env.client.count("job") == 0  # every look was one GET of the list
-    assert env.client.count("tracks") == 3  # three looks, no snapshot
+    assert env.client.count("tracks") == 4  # the snapshot before the POST and three looks
     assert env.notified == ["r1"]
-
-
-def test_a_warm_site_asks_the_job_result_when_its_first_look_finds_a_track_in_its_language():
-    env = with_settings(Env(), poll_max=60.0)
-    warm(env, 40, 50)
-    env.client.tracks["u1"] = [track("old", status="ready")]  # an Italian track: ours or from before?
-    gid = env.submitted()
-    env.client.jobs.append(None)  # the job runs: "old" is from before, but only a job result says which is ours
-    assert env.step(gid) == "job-pending"
-    assert env.gen(gid).known_tracks is None
-    env.client.tracks["u1"].append(track("t9", status="preparing"))
-    env.client.jobs.append(track("t9", status="preparing"))
-    assert env.step(gid) == "track-preparing"  # from the job result: no list look since the first
-    assert env.gen(gid).track_id == "t9"
-    assert [c[0] for c in env.client.calls] == ["post", "tracks", "job", "job"]
-    env.client.tracks["u1"][1] = track("t9")
-    assert env.step(gid) == "ready"
-    assert env.notified == ["r1"]
-
-
-def test_an_ambiguous_first_look_takes_the_track_s_status_from_the_list_it_made():
-    env = with_settings(Env(), poll_max=60.0)
-    warm(env, 40, 50)
-    env.client.tracks["u1"] = [track("old", status="ready"), track("t9")]  # ours is ready already
-    gid = env.submitted()
-    env.client.jobs.append(track("t9", status="preparing"))  # as the job left it
-    assert env.step(gid) == "ready"  # the job result names it; the list says it is ready now
-    assert [c[0] for c in env.client.calls] == ["post", "tracks", "job"]
-    assert env.notified == ["r1"]
-
-
-def test_a_lost_answer_without_a_snapshot_takes_its_first_look_as_one():
-    env = with_settings(Env(), poll_max=60.0)
-    warm(env, 40, 50)
-    env.client.tracks["u1"] = [track("en", lang="en-US")]
-    gid = env.request()
-    env.client.posts.append(read_timeout())
-    assert env.step(gid) == "ambiguous"
-    assert env.gen(gid).known_tracks is None and [c[0] for c in env.client.calls] == ["post"]
-    assert env.step(gid) == "reconciling"  # no Italian track: not shown yet, and this list is the snapshot
-    assert env.gen(gid).known_tracks == ("en",)
-    env.client.tracks["u1"].append(track("t9", status="preparing"))
-    assert env.step(gid) == "track-preparing"  # new since that look: adopted
-    assert env.gen(gid).track_id == "t9" and env.client.count("post") == 1
-
-
-def test_a_lost_answer_without_a_snapshot_fails_closed_when_the_upload_has_a_track_in_its_language():
-    env = with_settings(Env(), poll_max=60.0)
-    warm(env, 40, 50)
-    env.client.tracks["u1"] = [track("old-it")]
-    gid = env.request()
-    env.client.posts.append(server_error(500))
-    assert env.step(gid) == "ambiguous"
-    assert env.step(gid) == "error"  # "old-it" may be ours or older: neither adopt it nor POST again
-    assert env.client.count("post") == 1
-    result = env.store.load_generation(gid).result
-    assert result["code"] == "post_outcome_unknown" and "old-it" in result["message"]
-    assert env.notified == ["r1"]
-
-
-def test_a_probe_of_a_post_sent_without_a_snapshot_supplies_one():
-    env = with_settings(Env(rng=lambda: 0.01), poll_max=60.0)  # this draw probes
-    warm(env, 40, 50)
-    env.client.tracks["u1"] = [track("en", lang="en-US")]
-    gid = env.submitted()
-    assert [c[0] for c in env.client.calls] == ["post", "tracks"]
-    gen = env.gen(gid)
-    assert gen.known_tracks == ("en",) and gen.visibility_probe
 
 
 def test_a_job_poll_reads_the_site_s_timing_once():
@@ -527,8 +456,6 @@ def test_a_ready_track_in_the_list_ends_the_job_phase_at_once():
     env = with_settings(Env(), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
-    env.client.tracks["u1"] = []
-    assert env.step(gid) == "job-pending"
     env.client.tracks["u1"] = [track("t9")]
     assert env.step(gid) == "ready"
     assert env.client.count("job") == 0
@@ -568,7 +495,6 @@ def test_a_request_that_gives_the_upload_s_length_is_learned_in_its_band_and_pla
     assert env.step(gid) == "submitted"
     assert env.delay(gid) < 25  # planned from the site: it may be ready from 15 s
     env.client.tracks["u2"] = [track("t2", upload="u2")]
-    env.client.jobs.append(track("t2", upload="u2"))  # a first look that finds a track asks which is ours
     before = schedule.weight(env.store.timing_stats("", schedule.timing_name(band)))
     assert env.step(hinted.generation_id) == "ready"
     assert schedule.weight(env.store.timing_stats("", schedule.timing_name(band))) == pytest.approx(
@@ -616,8 +542,6 @@ def test_the_track_phase_waits_for_where_the_site_s_tracks_become_ready():
     env = with_settings(Env(), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
-    env.client.tracks["u1"] = []
-    assert env.step(gid) == "job-pending"
     env.client.tracks["u1"] = [track("t9", status="preparing")]
     assert env.step(gid) == "track-preparing"
     first_look = env.clock.t - START

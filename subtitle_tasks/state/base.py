@@ -53,10 +53,6 @@ GENERATION_FIELDS = {
 }
 
 
-# known_tracks as stored for "posted without a snapshot" (a track id is never "?").
-NO_SNAPSHOT = "?"
-
-
 def encode_value(value: Any) -> str:
     """How every store writes a value into a hash field (``from_hash`` reads it back)."""
     if value is None:
@@ -76,8 +72,7 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
     for attr, value in fields.items():
         stored: object = value
         if attr == "known_tracks":
-            # any sequence of ids, never JSON; None (no snapshot yet) as a sign no id can be
-            stored = NO_SNAPSHOT if value is None else ",".join(value)
+            stored = ",".join(value or ())  # any sequence of ids, never JSON
         elif attr == "phase_clock":
             # (POST accepted, seconds after it the track was last known not ready), ~22 bytes:
             # milliseconds are plenty
@@ -172,9 +167,7 @@ class Generation:
     job_id: str | None
     track_id: str | None
     posted_at: float | None  # a POST may have gone out at this time (cleared when we know)
-    # Track ids the upload had before our first POST; None when it was posted without a
-    # snapshot and no look has shown the upload without a track in our language yet.
-    known_tracks: tuple[str, ...] | None
+    known_tracks: tuple[str, ...]  # track ids the upload had before our first POST
     body_type: str | None
     last_error: str | None  # the latest retryable failure, for the deadline message
     outcome: str | None
@@ -217,7 +210,7 @@ class Generation:
             job_id=raw.get("job") or None,
             track_id=raw.get("track") or None,
             posted_at=_float(raw.get("posted")),
-            known_tracks=None if known == NO_SNAPSHOT else tuple(known.split(",")) if known else (),
+            known_tracks=tuple(known.split(",")) if known else (),
             body_type=raw.get("body_type") or None,
             last_error=raw.get("last_error") or None,
             outcome=raw.get("outcome") or None,
