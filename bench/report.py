@@ -194,9 +194,9 @@ def schedule_rows(s: Mapping[str, Any]) -> list[Row]:
         rows.append(row("schedule", f"p95 delay track ready -> seen, {shape} (learned vs official client)",
                         learned.get("p95"), official.get("p95"), unit="s", goal="≤ 1x", check=ratio_at_most(1.0)))
         known = policies.get("knows the distribution", {}).get("steady")
-        if known:  # a floor, not a policy: what the goal asks for is within reach only above it
-            rows.append(row("schedule", f"requests per subtitle, {shape} (floor: the distribution known in advance, "
-                            "at the official p95, vs official client)",
+        if known:  # a bound, not a policy: the least a schedule that learns only the ready time could spend
+            rows.append(row("schedule", f"requests per subtitle, {shape} (bound for ready-time-only schedules: "
+                            "the distribution known in advance, at the official p95, vs official client)",
                             known.get("requests_per_subtitle"), official.get("requests_per_subtitle")))
     real = s.get("real")
     if real:

@@ -18,7 +18,10 @@ done -> track ready) per generation; every policy sees the same draws.
 * ``official`` (the JS client's ``pollJobResult``: 1 s, 2 s, 3 s, ... between job-result
   GETs, and the same for the track list after the job result) and ``fixed 1 s`` (the
   Ruby client) poll in-process: no dispatcher.
-* ``knows the distribution`` is a floor, not a policy (``run_known``).
+* ``knows the distribution`` is a bound to read the others against, not a policy
+  (``run_known``): the best a schedule that learns only how long tracks take to be
+  ready could do. The learned policy also learns from each look that does not find
+  the track (unseen.py), so it can spend less.
 
 Requests per subtitle count every GET a generation makes (job results and track lists,
 including the one track-list snapshot ours takes before its POST); the POST, which
@@ -270,12 +273,12 @@ def summarise(outcomes: list[Outcome]) -> dict[str, float]:
 
 
 def run_known(draws: Draws, target: float, warmup: int, unit: float = 1.0) -> list[Outcome]:
-    """A floor to measure against: the schedule's own plan made from the exact histogram
+    """A bound to measure against: the schedule's own plan made from the exact histogram
     of this shape's ready times (every draw after the warm-up, nothing decayed), with the
     target set to the official client's p95 on the same draws; polls at exact times, no
     dispatcher, plus the one snapshot GET ours makes. Only a schedule told the
-    distribution in advance could do this; it estimates the least a poll-only schedule
-    that must identify its track spends for that p95."""
+    distribution in advance could do this; it estimates the least a schedule that knows
+    only the ready times (no more than "not ready yet" from a look) spends for that p95."""
     ready = [job + prep for job, prep in zip(draws.jobs, draws.preparing, strict=True)]
     stats: list[float] | None = None
     for seconds in ready[warmup:]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import logs, repost, schedule
+from . import logs, repost, schedule, unseen
 from .backoff import retry_delay
 from .datocms import client as api_client
 from .datocms import exceptions as api
@@ -73,6 +73,9 @@ class Pipeline:
         self.notify = notify
         self.rng = rng
         self.metrics = metrics or Recorder(_NoStore())
+        # site -> (the points its price was found from, the price): unseen.py's replay is
+        # too costly to run at every look.
+        self._prices: dict[str, tuple[tuple[unseen.Point, ...], float | None]] = {}
 
     # -- entry point ------------------------------------------------------------------
     def advance(self, generation_id: str, owner: str = "") -> str:
@@ -157,7 +160,7 @@ class Pipeline:
                 return "ambiguous"
             raise
         # The job phase's clock starts now; cold, the first poll is poll_initial away, as before.
-        first = self._poll_delay(gen, 0, phase=JOB, elapsed=0.0, cold=self.settings.poll_initial)
+        first = self._poll_delay(gen, 0, phase=JOB, elapsed=0.0, cold=self.settings.poll_initial, unseen_at=0.0)
         pending = self._probe_visibility(gen, known, sent_at)
         self._schedule(gen, first, phase=JOB, job_id=job_id, body_type=body_type,
                        posted_at=None, attempts=0, errors=0, phase_clock=(gen.now, 0.0), visibility_probe=pending)
@@ -202,21 +205,33 @@ class Pipeline:
 
     def _poll_job(self, gen: Generation) -> str:
         # The site's timing, read once for the whole step: where to look and when next.
-        stats = self._ready_stats(gen) if self.settings.poll_policy == "learned" and gen.phase_clock else None
+        learned = self.settings.poll_policy == "learned" and gen.phase_clock
+        stats, banded = self._ready_stats(gen) if learned else (None, False)
         listed = self._look_in_track_list(gen, stats)
+        unseen_at: float | None = None  # set when a look in the list finds no track yet
+        shown: tuple[float, float] | None = None
         if listed:
             # The upload's track list shows the new track with its current status, so one
             # request can see it ready; the job result only shows it as the job left it.
             track = self._find_new_track(gen, gen.known_tracks)
+            if track is None and gen.phase_clock and not banded:
+                # Not listed yet: plan from the generations whose track showed later still
+                # (unseen.py), unless the length band plans.
+                unseen_at = gen.now - gen.phase_clock[0]
         else:
             track = self.client_for(gen.site).get_job_result(gen.job_id)
         if track is None:
-            self._schedule(gen, self._poll_delay(gen, stats=stats), attempts=gen.attempts + 1, errors=0,
-                           **self._polled(gen))
+            self._schedule(gen, self._poll_delay(gen, stats=stats, unseen_at=unseen_at), attempts=gen.attempts + 1,
+                           errors=0, **self._polled(gen))
             return "job-pending"
-        if gen.visibility_probe and gen.phase_clock:  # the track exists by now: an upper bound
-            self._record(gen.site, repost.VISIBLE, gen.now - gen.phase_clock[0])
-        return self._on_track(gen, track, current=listed, stats=stats)
+        if gen.phase_clock:
+            # The track showed since the last look (in the list, or as the job's result): the
+            # point unseen.py keeps for every generation, whichever look found it.
+            elapsed = gen.now - gen.phase_clock[0]
+            shown = (min(gen.phase_clock[1], elapsed), elapsed)
+            if gen.visibility_probe:  # the track exists by now: an upper bound
+                self._record(gen.site, repost.VISIBLE, elapsed)
+        return self._on_track(gen, track, current=listed, stats=stats, shown=shown)
 
     @staticmethod
     def _look_in_track_list(gen: Generation, stats: list[float] | None) -> bool:
@@ -239,12 +254,14 @@ class Pipeline:
 
     # -- outcomes ---------------------------------------------------------------------
     def _on_track(self, gen: Generation, track: UploadTrack, current: bool = True,
-                  stats: list[float] | None = None) -> str:
+                  stats: list[float] | None = None, shown: tuple[float, float] | None = None) -> str:
         """Act on our track as a look found it: ``current`` when from the upload's track
         list, False when from a job result (the track as it was when the job ended).
-        ``stats``: the site's timing if this step read it already."""
+        ``stats``: the site's timing if this step read it already. ``shown``: when a look
+        (in the list or a job result) first found the track (Generation.shown), if this
+        one did."""
         if track.is_ready or track.is_errored:
-            self._learn(gen)
+            self._learn(gen, shown or gen.shown)
         if track.is_ready:
             return self._finish(gen, OUTCOME_READY, track.resource)
         if track.is_errored:
@@ -261,6 +278,8 @@ class Pipeline:
         # A new track phase restarts the cold schedule at its first gap, as the official client does.
         attempts = gen.attempts + 1 if gen.phase == TRACK else 0
         delay = self._poll_delay(gen, attempts, phase=TRACK, running_at=running_at, stats=stats)
+        if shown is not None:
+            clock["shown"] = shown
         self._schedule(gen, delay, phase=TRACK, track_id=track.id,
                        attempts=attempts, errors=0, posted_at=None, visibility_probe=False, **clock)
         return "track-preparing"
@@ -316,11 +335,15 @@ class Pipeline:
 
     def _poll_delay(self, gen: Generation, attempts: int | None = None, *, phase: str | None = None,
                     elapsed: float | None = None, running_at: float | None = None,
-                    cold: float | None = None, stats: list[float] | None = None) -> float:
+                    cold: float | None = None, stats: list[float] | None = None,
+                    unseen_at: float | None = None) -> float:
         """The wait before the next poll: learned from the site's recent generations
         (schedule.py) in the job and track phases, capped exponential backoff otherwise
         (policy ``exponential``, a cold histogram, a generation without a phase clock).
-        ``stats``: the site's timing if the step read it already (read here otherwise)."""
+        ``stats``: the site's timing if the step read it already (read here otherwise).
+        ``unseen_at``: when the latest look found the track not listed yet (0.0 for the
+        first look, planned at the POST), to plan from the generations whose track showed
+        later (unseen.py); None when the track is listed, or the length band plans."""
         n = gen.attempts if attempts is None else attempts
         phase = phase or gen.phase
         if elapsed is None and gen.phase_clock:
@@ -328,10 +351,41 @@ class Pipeline:
         if self.settings.poll_policy != "learned" or phase not in (JOB, TRACK) or elapsed is None:
             stats = None
         elif stats is None:
-            stats = self._ready_stats(gen)
+            stats, banded = self._ready_stats(gen)
+            unseen_at = None if banded else unseen_at
+        if stats is not None and unseen_at is not None and schedule.is_warm(stats):
+            delay = self._unseen_delay(gen, stats, elapsed or 0.0, unseen_at)
+            if delay is not None:
+                return delay
         return schedule.next_delay(stats, elapsed or 0.0, n, target=self._poll_target(),
                                    initial=self.settings.poll_initial, maximum=self.settings.poll_max,
                                    remaining=gen.deadline - gen.now, rng=self.rng, cold=cold, running_at=running_at)
+
+    def _unseen_delay(self, gen: Generation, stats: list[float], elapsed: float, unseen_at: float) -> float | None:
+        """The next poll of a generation whose track was not listed at ``unseen_at``, at the
+        price that meets the target for the whole policy (unseen.py); None to plan from
+        the histogram alone (too few points)."""
+        points = self._points(gen.site)
+        price = self._price(gen.site, points, stats)
+        if price is None:
+            return None
+        limits: dict[str, Any] = {"target": self._poll_target(), "initial": self.settings.poll_initial,
+                                  "maximum": self.settings.poll_max, "remaining": gen.deadline - gen.now,
+                                  "rng": self.rng}
+        if unseen_at <= 0:  # the first look is planned from the histogram (unseen.py says why)
+            return schedule.next_delay(stats, elapsed, 0, weight=price, **limits)
+        return unseen.next_delay(points, elapsed, unseen_at=unseen_at, weight=price, **limits)
+
+    def _price(self, site: str, points: list[unseen.Point], stats: list[float]) -> float | None:
+        """unseen.price for the site, kept by this process until RECALIBRATE new points
+        have come in (it replays every point: tens of milliseconds)."""
+        cached = self._prices.get(site)
+        if cached is not None and cached[0] and cached[0][0] in points[:unseen.RECALIBRATE]:
+            return cached[1]
+        price = unseen.price(points, stats, target=self._poll_target(), initial=self.settings.poll_initial,
+                             maximum=self.settings.poll_max)
+        self._prices[site] = (tuple(points), price)
+        return price
 
     def _poll_target(self) -> float:
         """The learned schedule's target delay, less the half dispatcher tick a due step
@@ -353,18 +407,21 @@ class Pipeline:
         start, last = gen.phase_clock
         return start + schedule.observed(last, gen.now - start)
 
-    def _ready_stats(self, gen: Generation) -> list[float] | None:
+    def _ready_stats(self, gen: Generation) -> tuple[list[float] | None, bool]:
         """The timing the generation's polls plan from: its upload-duration band's, once
-        that tells more than the site's (schedule.informative), else the site's."""
+        that tells more than the site's (schedule.informative), else the site's; and
+        whether it is the band's."""
         whole = self._timing_stats(gen.site, schedule.READY)
         if gen.duration_band is None:
-            return whole
+            return whole, False
         part = self._timing_stats(gen.site, schedule.timing_name(gen.duration_band))
-        return part if schedule.informative(part, whole) else whole
+        return (part, True) if schedule.informative(part, whole) else (whole, False)
 
-    def _learn(self, gen: Generation) -> None:
+    def _learn(self, gen: Generation, shown: tuple[float, float] | None = None) -> None:
         """Record how long the generation took from its POST to its track's end, in the
-        site's histogram and in its upload-duration band's."""
+        site's histogram and in its upload-duration band's; and, when it is known between
+        which looks the track showed (``shown``), the pair as one of the site's points
+        (unseen.py)."""
         if gen.phase not in (JOB, TRACK) or not gen.phase_clock:
             return
         start, last = gen.phase_clock
@@ -373,12 +430,25 @@ class Pipeline:
         self._record(gen.site, schedule.READY, low, until=high)
         if gen.duration_band is not None:
             self._record(gen.site, schedule.timing_name(gen.duration_band), low, until=high)
+        point = unseen.point(shown, (low, high), self.rng) if shown is not None else None
+        if point is not None:
+            try:
+                self.store.record_timing_point(gen.site, unseen.encode(point), unseen.KEEP)
+            except Exception as exc:  # as _record: learning never fails a step
+                log.warning("site %s: could not record a timing point: %s", gen.site or "default", exc)
 
     def _record(self, site: str, phase: str, seconds: float, until: float | None = None) -> None:
         try:
             self.store.record_timing(site, phase, seconds, schedule.DECAY, until)
         except Exception as exc:  # learning only tunes timing: it never fails a step
             log.warning("site %s: could not record a %s duration: %s", site or "default", phase, exc)
+
+    def _points(self, site: str) -> list[unseen.Point]:
+        try:
+            return unseen.decode(self.store.timing_points(site))
+        except Exception as exc:  # unreadable points: plan from the histogram
+            log.warning("site %s: could not read the timing points: %s", site or "default", exc)
+            return []
 
     def _timing_stats(self, site: str, phase: str) -> list[float] | None:
         try:

@@ -81,6 +81,7 @@ __all__ = [
     "next_delay",
     "observation",
     "observed",
+    "plan_weight",
     "planned_late_share",
     "poll_times",
     "quantile",
@@ -390,18 +391,34 @@ def _induct(times: list[float], done: list[float], late: list[float], weight: fl
     return future, miss
 
 
-@lru_cache(maxsize=256)
-def _plan(counts: tuple[float, ...], target: float, min_gap: float, max_gap: float) -> _Plan:
-    """The fewest expected polls that see all but ``1 - QUANTILE`` of the tracks within
-    ``target`` of becoming ready: a Lagrangian relaxation (one late track costs ``weight``
-    polls), the weight found by bisection as the smallest that keeps the planned miss
-    share within the allowance."""
+def _candidates(counts: tuple[float, ...], target: float,
+                min_gap: float) -> tuple[list[float], list[float], list[float]]:
+    """The grid a plan chooses from: times, F and F(t - target) at each."""
     # Steps of a sixth of the target, so that a gap just under it is a candidate; no
     # finer than a quarter of the smallest gap, and no more than GRID points in all.
     used = [i for i, c in enumerate(counts) if c > 0]
     span = upper_edge(used[-1]) - lower_edge(used[0])
     times, done = _grid(list(counts), min_gap, max(target / 6, min_gap / 4, span / GRID))
     late = [_interpolate(times, done, t - target) for t in times]
+    return times, done, late
+
+
+@lru_cache(maxsize=256)
+def _priced_plan(counts: tuple[float, ...], target: float, min_gap: float, max_gap: float, weight: float) -> _Plan:
+    """The fewest expected polls plus ``weight`` per late track, for a weight the caller
+    chose (unseen.py). A cache of its own: these plans come and go with every look."""
+    times, done, late = _candidates(counts, target, min_gap)
+    future, miss = _induct(times, done, late, weight, min_gap, max_gap)
+    return _Plan(tuple(times), tuple(done), tuple(late), weight, tuple(future), miss)
+
+
+@lru_cache(maxsize=256)
+def _plan(counts: tuple[float, ...], target: float, min_gap: float, max_gap: float) -> _Plan:
+    """The fewest expected polls that see all but ``1 - QUANTILE`` of the tracks within
+    ``target`` of becoming ready: a Lagrangian relaxation (one late track costs ``weight``
+    polls), the weight found by bisection as the smallest that keeps the planned miss
+    share within the allowance."""
+    times, done, late = _candidates(counts, target, min_gap)
     allowance = 1.0 - QUANTILE
     low, high = 0.0, 1.0
     future, miss = _induct(times, done, late, high, min_gap, max_gap)
@@ -421,8 +438,11 @@ def _plan(counts: tuple[float, ...], target: float, min_gap: float, max_gap: flo
 
 
 def _learned_delay(counts: tuple[float, ...], elapsed: float, running_at: float, target: float,
-                   min_gap: float, max_gap: float) -> float:
-    plan = _plan(counts, target, min_gap, max_gap)
+                   min_gap: float, max_gap: float, weight: float | None = None) -> float:
+    if weight is None:
+        plan = _plan(counts, target, min_gap, max_gap)
+    else:
+        plan = _priced_plan(counts, target, min_gap, max_gap, weight)
     if running_at >= plan.times[-1]:
         # Still running past everything observed: back off geometrically, as before learning.
         return min(max_gap, max(min_gap, (GROWTH - 1) * elapsed))
@@ -439,7 +459,7 @@ def _learned_delay(counts: tuple[float, ...], elapsed: float, running_at: float,
 def next_delay(stats: Sequence[float] | None, elapsed: float, attempt: int, *, target: float,
                initial: float, maximum: float, remaining: float = math.inf,
                rng: Callable[[], float] = random.random, cold: float | None = None,
-               running_at: float | None = None) -> float:
+               running_at: float | None = None, weight: float | None = None) -> float:
     """Seconds until the next poll of a generation ``elapsed`` seconds after its POST was
     accepted, its track not ready yet.
 
@@ -450,6 +470,8 @@ def next_delay(stats: Sequence[float] | None, elapsed: float, attempt: int, *, t
     never exceeds it. ``running_at``: the latest time (seconds since the POST) the track
     was known not ready, ``elapsed`` if not given. While ``stats`` is cold the result is
     ``cold`` if given, else ``capped_exponential(attempt, initial, maximum)``.
+    ``weight``: what one late track costs, in polls, when the caller set the price
+    (unseen.py); otherwise the plan finds the smallest that meets the target on ``stats``.
     """
     if not is_warm(stats):
         delay = cold if cold is not None else capped_exponential(attempt, initial, maximum, rng=rng)
@@ -457,7 +479,8 @@ def next_delay(stats: Sequence[float] | None, elapsed: float, attempt: int, *, t
         counts = tuple(_counts(stats))
         elapsed = max(0.0, elapsed)
         known = elapsed if running_at is None else min(elapsed, max(0.0, running_at))
-        delay = _learned_delay(counts, elapsed, known, max(0.0, float(target)), float(initial), float(maximum))
+        delay = _learned_delay(counts, elapsed, known, max(0.0, float(target)), float(initial), float(maximum),
+                               weight)
         # Early, never late: jitter only shortens the wait, and never below the minimum gap.
         draw = min(1.0, max(0.0, float(rng())))
         delay = max(min(delay, initial), delay * (1 - JITTER * (1 - draw)))
@@ -477,6 +500,14 @@ def planned_late_share(stats: Sequence[float] | None, *, target: float, initial:
     if not is_warm(stats):
         return 0.0
     return _plan(tuple(_counts(stats)), max(0.0, float(target)), float(initial), float(maximum)).miss
+
+
+def plan_weight(stats: Sequence[float] | None, *, target: float, initial: float, maximum: float) -> float:
+    """What one late track costs, in polls, in the plan made from ``stats`` alone (the
+    smallest price that meets the target); 0.0 while cold."""
+    if not is_warm(stats):
+        return 0.0
+    return _plan(tuple(_counts(stats)), max(0.0, float(target)), float(initial), float(maximum)).weight
 
 
 def poll_times(stats: Sequence[float] | None, *, target: float, initial: float, maximum: float,

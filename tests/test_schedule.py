@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from subtitle_tasks import schedule
+from subtitle_tasks import schedule, unseen
 from subtitle_tasks.backoff import capped_exponential
 from tests.test_pipeline_unit import START, Env, job_failed, track
 
@@ -434,6 +434,69 @@ def test_a_warm_site_looks_in_the_track_list_and_finishes_without_the_job_result
     assert env.client.count("job") == 0  # every look was one GET of the list
     assert env.client.count("tracks") == 4  # the snapshot before the POST and three looks
     assert env.notified == ["r1"]
+
+
+def bimodal_site(env: Env, n: int = 256) -> None:
+    """A site whose jobs take 15-25 s or 60-90 s, each track then ready within 20 s: its
+    histogram and its points (unseen.py), as its generations would have left them."""
+    rng = random.Random(11)
+    for _ in range(n):
+        shown = rng.uniform(15, 25) if rng.random() < 0.6 else rng.uniform(60, 90)
+        ready = shown + rng.uniform(0, 20)
+        env.store.record_timing("", schedule.READY, ready, schedule.DECAY)
+        env.store.record_timing_point("", unseen.encode((shown, ready)), unseen.KEEP)
+
+
+def test_a_look_that_does_not_find_the_track_plans_from_the_generations_whose_track_showed_later():
+    env = with_settings(Env(), poll_max=60.0)
+    bimodal_site(env)
+    gid = env.submitted()
+    env.client.tracks["u1"] = []
+    while env.clock.t - START < 30:
+        assert env.step(gid) == "job-pending"
+    looked_at = env.clock.t - START
+    # Not listed after the short jobs' tracks have all shown: a long job, whose track shows
+    # from 60 s. The histogram alone ("not ready yet") would look again within seconds.
+    assert env.gen(gid).due - START >= 55
+    stats = env.store.timing_stats("", schedule.READY)
+    assert schedule.next_delay(stats, looked_at, 0, target=env.pipeline._poll_target(), initial=1.0, maximum=60.0,
+                               rng=lambda: 1.0) < 15
+
+
+def test_a_generation_keeps_when_its_track_showed_and_leaves_a_point_when_it_ends():
+    env = with_settings(Env(), poll_max=60.0)
+    warm(env, 40, 50)
+    gid = env.submitted()
+    env.client.tracks["u1"] = []
+    assert env.step(gid) == "job-pending"
+    first = env.clock.t - START
+    env.client.tracks["u1"] = [track("t9", status="preparing")]
+    assert env.step(gid) == "track-preparing"
+    second = env.clock.t - START
+    assert env.gen(gid).shown == pytest.approx((first, second), abs=1e-3)  # kept to the millisecond
+    env.client.tracks["u1"] = [track("t9")]
+    assert env.step(gid) == "ready"
+    done = env.clock.t - START
+    [kept] = unseen.decode(env.store.timing_points(""))
+    assert first - 0.1 <= kept[0] <= second + 0.1 and second - 0.1 <= kept[1] <= done + 0.1
+
+
+def test_a_process_finds_the_price_again_only_after_enough_new_points(monkeypatch):
+    env = with_settings(Env(), poll_max=60.0)
+    bimodal_site(env)
+    replays = []
+    real = unseen.price
+    monkeypatch.setattr(unseen, "price", lambda *args, **kwargs: replays.append(1) or real(*args, **kwargs))
+    for i in range(3):
+        env.submitted(rid=f"r{i}", job_id=f"job-{i}", upload=f"u{i}")
+    assert len(replays) == 1  # one replay serves every look while the points stay the same
+    for _ in range(unseen.RECALIBRATE - 1):
+        env.store.record_timing_point("", "20.0:30.0", unseen.KEEP)
+    env.submitted(rid="r8", job_id="job-8", upload="u8")
+    assert len(replays) == 1
+    env.store.record_timing_point("", "20.0:30.0", unseen.KEEP)
+    env.submitted(rid="r9", job_id="job-9", upload="u9")
+    assert len(replays) == 2
 
 
 def test_a_job_poll_reads_the_site_s_timing_once():

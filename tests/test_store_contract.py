@@ -913,6 +913,25 @@ def test_timing_is_kept_per_site_and_phase(store):
     assert store.timing_stats("shop", "job") is None
 
 
+def test_timing_points_keep_the_newest_per_site(store):
+    assert store.timing_points("") == []
+    for i in range(7):
+        store.record_timing_point("", f"{i}.0:{i + 1}.0", 5)
+    store.record_timing_point("blog", "9.5:12.0", 5)
+    assert store.timing_points("") == [f"{i}.0:{i + 1}.0" for i in (6, 5, 4, 3, 2)]  # newest first, five kept
+    assert store.timing_points("blog") == ["9.5:12.0"]
+    assert store.timing_points("shop") == []
+
+
+def test_a_generation_keeps_when_its_track_showed(store):
+    gid = new(store).generation_id
+    assert store.load_generation(gid).shown is None
+    store.advance(gid, 5.0, shown=(12.25, 18.5))
+    assert store.load_generation(gid).shown == (12.25, 18.5)
+    store.advance(gid, 5.0, shown=None)
+    assert store.load_generation(gid).shown is None
+
+
 @pytest.mark.parametrize("seconds", [-1.0, float("nan"), float("inf")])
 def test_timing_ignores_durations_that_cannot_be(store, seconds):
     store.record_timing("", "job", seconds, 0.5)

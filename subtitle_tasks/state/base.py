@@ -49,7 +49,7 @@ def sizes_by_site(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 GENERATION_FIELDS = {
     "phase": "phase", "attempts": "attempts", "errors": "errors", "job_id": "job", "track_id": "track",
     "posted_at": "posted", "known_tracks": "known_tracks", "body_type": "body_type", "last_error": "last_error",
-    "phase_clock": "pclock", "visibility_probe": "vprobe",
+    "phase_clock": "pclock", "visibility_probe": "vprobe", "shown": "shown",
 }
 
 
@@ -73,9 +73,10 @@ def encode_generation_fields(fields: dict[str, Any]) -> dict[str, str]:
         stored: object = value
         if attr == "known_tracks":
             stored = ",".join(value or ())  # any sequence of ids, never JSON
-        elif attr == "phase_clock":
-            # (POST accepted, seconds after it the track was last known not ready), ~22 bytes:
-            # milliseconds are plenty
+        elif attr in ("phase_clock", "shown"):
+            # phase_clock: (POST accepted, seconds after it the track was last known not ready),
+            # ~22 bytes; shown: (the last look without the track, the first with it), seconds
+            # after the POST. Milliseconds are plenty.
             stored = f"{value[0]:.3f},{value[1]:.3f}" if value else None
         elif attr == "visibility_probe":
             stored = "1" if value else None  # post evidence (repost.py): present only while pending
@@ -184,6 +185,10 @@ class Generation:
     # The upload's duration band (schedule.duration_band), when the request gave the
     # upload's duration: the learned schedule may plan from that band's timing.
     duration_band: int | None = None
+    # When the track showed, as the looks bound it (seconds after the POST: the last look
+    # without it, the first that found it, in the list or as the job's result), for
+    # unseen.py's points; None until a look has found it.
+    shown: tuple[float, float] | None = None
 
     @property
     def expired(self) -> bool:
@@ -219,6 +224,7 @@ class Generation:
             phase_clock=_pair(raw.get("pclock")),
             visibility_probe=raw.get("vprobe") == "1",
             duration_band=_band(raw.get("dband")),
+            shown=_pair(raw.get("shown")),
         )
 
 
@@ -367,6 +373,11 @@ class Store(Protocol):
     def record_timing(self, site: str, phase: str, seconds: float, decay: float, until: float | None = None) -> None:
         """Add one observed duration: every count times ``decay``, then +1 in its bucket, or
         spread over [seconds, until] (schedule.spread) when given (one atomic step)."""
+
+    def timing_points(self, site: str) -> list[str]:
+        """The site's kept (shown, ready) points as unseen.encode() wrote them, newest first."""
+    def record_timing_point(self, site: str, point: str, keep: int) -> None:
+        """Keep one more encoded point (unseen.py), dropping all but the newest ``keep``."""
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     def watch_beat(self, worker: str, broker: str, fence: float) -> bool: ...

@@ -13,6 +13,7 @@ site, ``:alias`` for a named one)::
     P:recent              list   the newest 10,000 settled requests (``list``)
     P:metrics             hash   fleet-wide counters and histograms (metrics.py)
     P:timing:{phase}[:{site}] string learned phase durations, a decayed histogram (schedule.py)
+    P:timing:points[:{site}]  list   the last generations' (shown, ready) times (unseen.py)
     P:outcomes:{minute}   hash   requests ended that minute, by outcome (two hours)
     P:lock:{name}         string who is working on a generation (or notifying a request)
     P:body_type[:{site}]  string the request body type the API accepted last (per site)
@@ -499,6 +500,22 @@ class RedisStore:
         script(keys=[self._timing_key(site, phase)],
                args=[repr(float(decay)), schedule.BUCKETS, repr(schedule.PRUNE), lock_millis(self._TIMING_TTL),
                      *shares])
+
+    # Key: P:timing:points[:{site}] list, the newest unseen.KEEP (shown, ready) points
+    # (unseen.py), about 1.5 KB, kept 30 days after the last.
+    def _points_key(self, site: str) -> str:
+        return f"{self.prefix}:timing:points:{site}" if site else f"{self.prefix}:timing:points"
+
+    def timing_points(self, site: str) -> list[str]:
+        return [_text(item) for item in self.client.lrange(self._points_key(site), 0, -1)]
+
+    def record_timing_point(self, site: str, point: str, keep: int) -> None:
+        key = self._points_key(site)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.lpush(key, point)
+            pipe.ltrim(key, 0, max(0, keep - 1))
+            pipe.pexpire(key, lock_millis(self._TIMING_TTL))
+            pipe.execute()
 
     # -- callback watch (subtitle_tasks/callback_watch.py) -----------------------------
     # Keys: P:cbworkers zset (worker -> last heartbeat), P:cbworker:{w} hash (broker,

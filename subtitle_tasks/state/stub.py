@@ -589,6 +589,18 @@ class MemoryStore:
             counts = schedule.update(schedule.decode(self._keys.get(key, now)), seconds, decay, until)
             self._keys.set(key, schedule.encode(counts), lock_millis(self._TIMING_TTL) / 1000.0, now=now)
 
+    def timing_points(self, site: str) -> list[str]:
+        with self._lock:
+            raw = self._keys.get(f"timing:points:{site}", self._now())
+        return list(raw or [])
+
+    def record_timing_point(self, site: str, point: str, keep: int) -> None:
+        with self._lock:
+            now = self._now()
+            key = f"timing:points:{site}"
+            kept = [point, *(self._keys.get(key, now) or [])][:max(1, keep)]
+            self._keys.set(key, kept, lock_millis(self._TIMING_TTL) / 1000.0, now=now)
+
     # -- callback watch (subtitle_tasks/callback_watch.py; watch_*.lua's rules) --------
     def _watch_workers(self, now: float) -> dict[str, float]:
         return self._mapping("cbworkers", now)  # worker -> last beat
