@@ -9,9 +9,10 @@ track already listed as ``preparing`` may be ready at the next look; one not lis
 yet seldom is. Planning from the ready times of only those generations whose track
 showed later than the look puts the next poll where such generations actually end.
 On durations that spread widely (jobs of 20 to 90 s, then up to 30 s preparing) this
-saves about one poll in six at the same p95; on two clusters of durations (short
-and long jobs), a look that does not find the track at the end of the short cluster
-says the job is a long one, and the next poll waits for that cluster.
+saved a fifth of the looks in the schedule bench, at the same p95 target; on two
+clusters of durations (short and long jobs), more than a quarter: a look that does
+not find the track after the short cluster's tracks have shown says the job is a long
+one, and the next look waits for that cluster.
 
 What is learned, model-free. Each site keeps its last :data:`KEEP` generations as
 points (seconds after the POST when the track showed, when it was ready), in the store
@@ -24,9 +25,9 @@ Conditioning. After a look at ``t`` that found no track, the plan is schedule.py
 dynamic program over the ready times of the kept points that showed after ``t``,
 once there are :data:`ENOUGH` of them; with fewer (past the tail) the site's
 histogram plans as before. The first look after the POST is planned from the
-histogram too: a generation becomes a point only when a look saw its track not listed
-yet (the first look is its snapshot, pipeline.py), so the points under-count tracks
-that show before the first look; none of them matters to a later look.
+histogram (at the price below): nothing has been seen yet, and a track found at the
+first look is known only to have shown since the POST, so the points say little
+about the time before it.
 
 The price of lateness. The histogram's plan finds by bisection the smallest price of a
 late track (in polls) that keeps its planned late share within 5 %. Plans that learn
@@ -34,8 +35,8 @@ from every look spend that share differently (they can afford to wait when the t
 is not listed), so the price is found for the whole policy instead (:func:`price`): it
 replays every kept point through the conditioned looks and, once the track shows,
 the site's plan, and takes the smallest price whose replay sees 95 % of them within
-the target. That replay costs tens of milliseconds, so the pipeline keeps the price
-per site and finds it again after :data:`RECALIBRATE` new points.
+the target. That replay costs about a tenth of a second of CPU, so the pipeline keeps
+the price per site and finds it again after :data:`RECALIBRATE` new points.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ __all__ = [
 
 # A price found on the same points it is then used on is optimistic; with 128 points and
 # 20 per plan, the wide shape saw 7 % late where the replay promised 5 %; with these, 4 %.
-KEEP = 256        # points a site keeps (about 2.8 KB)
+KEEP = 256        # points a site keeps (about 3.2 KB in Redis)
 ENOUGH = 30       # points that showed after a look, before the look is planned from them
 RECALIBRATE = 16  # new points before a process finds the price again
 
@@ -139,8 +140,7 @@ def replay_late_share(points: Sequence[Point], stats: Sequence[float] | None, we
     (:func:`next_delay`), each look after it from the site's histogram ``stats``, as
     the pipeline places them (without jitter)."""
     # Looks before the track shows are the same for every point: one chain of times. The
-    # first is planned from the histogram (a point is kept only when a look saw its track
-    # not listed yet, so the points hold too few tracks that show before the first look).
+    # first is planned from the histogram, as the pipeline plans it (module docstring).
     t = schedule.next_delay(stats, 0.0, 0, target=target, initial=initial, maximum=maximum, rng=lambda: 1.0,
                             weight=weight)
     chain = [t]

@@ -80,6 +80,28 @@ def test_a_warm_site_looks_in_the_track_list_and_never_asks_the_job_result(harne
     assert len(looks) >= 2  # the snapshot before the POST, then looks for the new track
 
 
+def test_a_warm_site_with_points_finishes_and_keeps_the_generation_as_one_more(harness, sim):
+    from subtitle_tasks import schedule, unseen
+    from subtitle_tasks.state.redis import RedisStore
+
+    sim.configure(job_seconds=1.0, preparing_seconds=0.5)
+    store = RedisStore(harness.redis, prefix=harness.prefix)
+    for i in range(40):  # tracks that showed 0.8-1.2 s after the POST, ready 0.5 s later
+        shown = 0.8 + 0.4 * i / 39
+        store.record_timing("", schedule.READY, shown + 0.5, schedule.DECAY)
+        store.record_timing_point("", unseen.encode((shown, shown + 0.5)), unseen.KEEP)
+    harness.worker()
+    ask("video-points")
+    call = only_call(harness, "video-points")
+    assert call["kind"] == "ready"
+    kept = unseen.decode(store.timing_points(""))
+    assert len(kept) == 41  # the new generation kept as a point, newest first
+    shown, ready = kept[0]
+    assert 0.5 < shown <= ready < 10  # seconds after its POST, as its looks bounded them
+    gets = [r for r in sim.requests() if r.method == "GET"]
+    assert not [r for r in gets if r.path.startswith("/job-results/")]
+
+
 def test_a_warm_site_still_hears_of_a_failed_job_from_the_job_result(harness, sim):
     sim.configure(job_seconds=0.3)
     _warm(harness, 1.0, 2.0)

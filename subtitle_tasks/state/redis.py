@@ -502,7 +502,7 @@ class RedisStore:
                      *shares])
 
     # Key: P:timing:points[:{site}] list, the newest unseen.KEEP (shown, ready) points
-    # (unseen.py), about 1.5 KB, kept 30 days after the last.
+    # (unseen.py), about 3.2 KB, kept 30 days after the last.
     def _points_key(self, site: str) -> str:
         return f"{self.prefix}:timing:points:{site}" if site else f"{self.prefix}:timing:points"
 
