@@ -36,7 +36,10 @@ never late; none is scheduled past the deadline.
 
 Re-planning. Each step asks for the next poll only, conditioned on what is known: the
 track was not ready at ``running_at`` seconds (the latest look); the dynamic
-program's future costs are those of the plan made from the POST.
+program's future costs are those of the plan made from the POST. A caller that knows
+more than "not ready" (unseen.py: the track is not even listed yet) hands in a
+histogram of its own and the price of a late track it found for its whole policy
+(``weight``).
 
 Cold start. Until a histogram holds :data:`WARM` (decayed) observations the schedule
 is the one before learning: :func:`~subtitle_tasks.backoff.capped_exponential`.

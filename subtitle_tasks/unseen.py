@@ -165,10 +165,11 @@ def replay_late_share(points: Sequence[Point], stats: Sequence[float] | None, we
 
 def price(points: Sequence[Point], stats: Sequence[float] | None, *, target: float, initial: float,
           maximum: float) -> float | None:
-    """The smallest price of a late track (in polls, to a few per cent) at which the
-    conditioned policy sees all but 5 % of ``points`` within ``target``
-    (:func:`replay_late_share`). None while ``stats`` is cold or with fewer than
-    :data:`ENOUGH` points: the caller plans from the histogram alone."""
+    """The smallest price of a late track (in polls, to a few per cent, and no lower than
+    a quarter of the histogram's own) at which the conditioned policy sees all but 5 %
+    of ``points`` within ``target`` (:func:`replay_late_share`). None while ``stats`` is
+    cold or with fewer than :data:`ENOUGH` points: the caller plans from the histogram
+    alone."""
     if len(points) < ENOUGH or not schedule.is_warm(stats):
         return None
     allowance = 1.0 - schedule.QUANTILE
