@@ -328,12 +328,14 @@ def _interpolate(times: Sequence[float], done: Sequence[float], t: float) -> flo
     return done[k] + (done[k + 1] - done[k]) * (t - times[k]) / (times[k + 1] - times[k])
 
 
-def _grid(counts: list[float], min_gap: float, step: float) -> tuple[list[float], list[float]]:
+def _grid(counts: Sequence[float], min_gap: float, target: float) -> tuple[list[float], list[float]]:
     """Candidate times over the data's span and F at each: bucket edges, each bucket split
-    in at least three (about 5 % steps) and into steps of at most ``step``, but never
-    into steps shorter than a quarter of min_gap."""
+    in at least three (about 5 % steps) and into steps of at most a sixth of the target
+    (so that a gap just under it is a candidate), but never into steps shorter than a
+    quarter of min_gap, and no more than GRID points in all."""
     total = sum(counts)
     used = [i for i, c in enumerate(counts) if c > 0]
+    step = max(target / 6, min_gap / 4, (upper_edge(used[-1]) - lower_edge(used[0])) / GRID)
     times: list[float] = []
     done: list[float] = []
     below = sum(counts[:used[0]]) / total
@@ -396,12 +398,8 @@ def _induct(times: list[float], done: list[float], late: list[float], weight: fl
 
 def _candidates(counts: tuple[float, ...], target: float,
                 min_gap: float) -> tuple[list[float], list[float], list[float]]:
-    """The grid a plan chooses from: times, F and F(t - target) at each."""
-    # Steps of a sixth of the target, so that a gap just under it is a candidate; no
-    # finer than a quarter of the smallest gap, and no more than GRID points in all.
-    used = [i for i, c in enumerate(counts) if c > 0]
-    span = upper_edge(used[-1]) - lower_edge(used[0])
-    times, done = _grid(list(counts), min_gap, max(target / 6, min_gap / 4, span / GRID))
+    """The grid a plan chooses from (_grid): times, F and F(t - target) at each."""
+    times, done = _grid(counts, min_gap, target)
     late = [_interpolate(times, done, t - target) for t in times]
     return times, done, late
 
