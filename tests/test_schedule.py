@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from subtitle_tasks import schedule, unseen
 from subtitle_tasks.backoff import capped_exponential
 from tests.test_pipeline_unit import START, Env, job_failed, track
+from tests.test_unseen import bimodal
 
 ONE = lambda: 1.0  # noqa: E731  (a draw that takes no jitter off)
 
@@ -439,10 +440,7 @@ def test_a_warm_site_looks_in_the_track_list_and_finishes_without_the_job_result
 def bimodal_site(env: Env, n: int = 256) -> None:
     """A site whose jobs take 15-25 s or 60-90 s, each track then ready within 20 s: its
     histogram and its points (unseen.py), as its generations would have left them."""
-    rng = random.Random(11)
-    for _ in range(n):
-        shown = rng.uniform(15, 25) if rng.random() < 0.6 else rng.uniform(60, 90)
-        ready = shown + rng.uniform(0, 20)
+    for shown, ready in bimodal(n, seed=11):
         env.store.record_timing("", schedule.READY, ready, schedule.DECAY)
         env.store.record_timing_point("", unseen.encode((shown, ready)), unseen.KEEP)
 
