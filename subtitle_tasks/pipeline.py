@@ -16,13 +16,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import logs, repost, schedule, unseen
+from . import cold, logs, repost, schedule, unseen
+from . import planner as planner_module
 from .backoff import retry_delay
 from .datocms import client as api_client
 from .datocms import exceptions as api
 from .datocms.resources import UploadTrack
 from .errors import ErrorCode, code_for_api_error, error_fields
 from .metrics import Recorder
+from .planner import Planner
 from .settings import Settings
 from .state import DONE, JOB, OUTCOME_ERROR, OUTCOME_READY, SUBMIT, TRACK, Generation, Store
 
@@ -66,16 +68,17 @@ class _NoStore:
 class Pipeline:
     def __init__(self, settings: Settings, store: Store, client_for: Callable[[str], Any],
                  notify: Callable[[str], object],
-                 rng: Callable[[], float] = random.random, metrics: Recorder | None = None):
+                 rng: Callable[[], float] = random.random, metrics: Recorder | None = None,
+                 planner: Planner | None = None):
         self.settings = settings
         self.store = store
         self.client_for = client_for  # site alias -> that site's DatoCMS client
         self.notify = notify
         self.rng = rng
         self.metrics = metrics or Recorder(_NoStore())
-        # site -> (the points its price was found from, the price): unseen.py's replay is
-        # too costly to run at every look.
-        self._prices: dict[str, tuple[tuple[unseen.Point, ...], float | None]] = {}
+        # What planning keeps between steps (prices, the pooled prior): the runtime's, so
+        # one per process; a Pipeline of its own (unit tests, the simulated bench) otherwise.
+        self.planner = planner or Planner()
 
     # -- entry point ------------------------------------------------------------------
     def advance(self, generation_id: str, owner: str = "") -> str:
@@ -174,9 +177,18 @@ class Pipeline:
 
     def _probe_visibility(self, gen: Generation, known: tuple[str, ...], sent_at: float) -> bool:
         """On a sample of accepted POSTs, look for the new track at once and record how soon
-        it showed (repost.py). True when probed and not seen yet: the job's end records it."""
-        if not repost.should_probe(self._timing_stats(gen.site, repost.VISIBLE), self.rng):
+        it showed (repost.py). True when probed and not seen yet: the look that finds it
+        records an upper bound.
+
+        While the evidence is cold every POST is probed; under the learned policy the
+        first look after the POST, ``poll_initial`` later, is a list look then anyway
+        (cold.py), so the probe is left to it: the same evidence, to within that second,
+        without a GET of its own."""
+        visible = self._timing_stats(gen.site, repost.VISIBLE)
+        if not repost.should_probe(visible, self.rng):
             return False
+        if not schedule.is_warm(visible, repost.WARM) and self.settings.poll_policy == "learned":
+            return True
         try:
             track = self._find_new_track(gen, known)
         except api.DatoCMSError:
@@ -205,9 +217,9 @@ class Pipeline:
 
     def _poll_job(self, gen: Generation) -> str:
         # The site's timing, read once for the whole step: where to look and when next.
-        learned = self.settings.poll_policy == "learned" and gen.phase_clock
+        learned = self.settings.poll_policy == "learned" and bool(gen.phase_clock)
         stats, banded = self._ready_stats(gen) if learned else (None, False)
-        listed = self._look_in_track_list(gen, stats)
+        listed = self._look_in_track_list(gen, stats, learned)
         unseen_at: float | None = None  # set when a look in the list finds no track yet
         shown: tuple[float, float] | None = None
         if listed:
@@ -234,15 +246,19 @@ class Pipeline:
         return self._on_track(gen, track, current=listed, stats=stats, shown=shown)
 
     @staticmethod
-    def _look_in_track_list(gen: Generation, stats: list[float] | None) -> bool:
+    def _look_in_track_list(gen: Generation, stats: list[float] | None, learned: bool) -> bool:
         """Whether this job poll looks for the new track in the upload's list rather than
-        asking for the job result: once the site's timing is learned (``stats``, None
-        under the exponential policy), while the time since the POST is within what was
-        observed. Past that, and while cold, the job result, which alone can tell that a
-        job failed."""
-        if not gen.phase_clock or not schedule.is_warm(stats):
+        asking for the job result. Under the learned policy: always while the time since
+        the POST is within what the site's timing (``stats``) observed, where the job
+        result is asked only past it; while cold (or past it), the cold schedule's looks,
+        which ask the job result one time in three (cold.py). The job result alone can
+        tell that a job failed; the list alone shows the track as it is now. Under the
+        exponential policy: the job result, always."""
+        if not learned or not gen.phase_clock:
             return False
-        return gen.now - gen.phase_clock[0] < schedule.horizon(stats)
+        if schedule.is_warm(stats) and gen.now - gen.phase_clock[0] < schedule.horizon(stats):
+            return True
+        return not cold.asks_job_result(gen.attempts)
 
     def _watch_track(self, gen: Generation) -> str:
         tracks = self.client_for(gen.site).list_tracks(gen.upload_id)
@@ -277,7 +293,8 @@ class Pipeline:
             clock = {"phase_clock": (gen.phase_clock[0], running_at)}
         # A new track phase restarts the cold schedule at its first gap, as the official client does.
         attempts = gen.attempts + 1 if gen.phase == TRACK else 0
-        delay = self._poll_delay(gen, attempts, phase=TRACK, running_at=running_at, stats=stats)
+        delay = self._poll_delay(gen, attempts, phase=TRACK, running_at=running_at, stats=stats,
+                                 from_job_result=not current and gen.phase == JOB)
         if shown is not None:
             clock["shown"] = shown
         self._schedule(gen, delay, phase=TRACK, track_id=track.id,
@@ -336,56 +353,60 @@ class Pipeline:
     def _poll_delay(self, gen: Generation, attempts: int | None = None, *, phase: str | None = None,
                     elapsed: float | None = None, running_at: float | None = None,
                     cold: float | None = None, stats: list[float] | None = None,
-                    unseen_at: float | None = None) -> float:
+                    unseen_at: float | None = None, from_job_result: bool = False) -> float:
         """The wait before the next poll: learned from the site's recent generations
-        (schedule.py) in the job and track phases, capped exponential backoff otherwise
-        (policy ``exponential``, a cold histogram, a generation without a phase clock).
+        (schedule.py) in the job and track phases, and the cold schedule (cold.py) there
+        while the site's timing is cold or past everything it observed; capped
+        exponential backoff otherwise (policy ``exponential``, a generation without a
+        phase clock, the reconcile look of a lost POST) or ``cold`` where given.
         ``stats``: the site's timing if the step read it already (read here otherwise).
         ``unseen_at``: when the latest look found the track not listed yet (0.0 for the
         first look, planned at the POST), to plan from the generations whose track showed
-        later (unseen.py); None when the track is listed, or the length band plans."""
+        later (unseen.py); None when the track is listed, or the length band plans.
+        ``from_job_result``: the track's status was last seen in a job result."""
         n = gen.attempts if attempts is None else attempts
         phase = phase or gen.phase
         if elapsed is None and gen.phase_clock:
             elapsed = gen.now - gen.phase_clock[0]  # the clock runs from the POST, through both phases
         if self.settings.poll_policy != "learned" or phase not in (JOB, TRACK) or elapsed is None:
             stats = None
-        elif stats is None:
-            stats, banded = self._ready_stats(gen)
-            unseen_at = None if banded else unseen_at
+        else:
+            if stats is None:
+                stats, banded = self._ready_stats(gen)
+                unseen_at = None if banded else unseen_at
+            cold = self._cold_delay(phase, elapsed, from_job_result)
         if stats is not None and unseen_at is not None and schedule.is_warm(stats):
-            delay = self._unseen_delay(gen, stats, elapsed or 0.0, unseen_at)
+            delay = self._unseen_delay(gen, stats, elapsed or 0.0, unseen_at, cold)
             if delay is not None:
                 return delay
         return schedule.next_delay(stats, elapsed or 0.0, n, target=self._poll_target(),
                                    initial=self.settings.poll_initial, maximum=self.settings.poll_max,
                                    remaining=gen.deadline - gen.now, rng=self.rng, cold=cold, running_at=running_at)
 
-    def _unseen_delay(self, gen: Generation, stats: list[float], elapsed: float, unseen_at: float) -> float | None:
+    def _cold_delay(self, phase: str, elapsed: float, from_job_result: bool) -> float:
+        """The cold schedule's wait (cold.py): the official client's pace before the track
+        shows, one target apart once it is listed."""
+        initial, maximum = self.settings.poll_initial, self.settings.poll_max
+        if phase == JOB:
+            return cold.job_delay(elapsed, initial=initial, maximum=maximum)
+        return cold.track_delay(target=self._poll_target(), initial=initial, maximum=maximum,
+                                from_job_result=from_job_result)
+
+    def _unseen_delay(self, gen: Generation, stats: list[float], elapsed: float, unseen_at: float,
+                      cold: float | None = None) -> float | None:
         """The next poll of a generation whose track was not listed at ``unseen_at``, at the
         price that meets the target for the whole policy (unseen.py); None to plan from
         the histogram alone (too few points)."""
-        points = self._points(gen.site)
-        price = self._price(gen.site, points, stats)
+        points, price = self.planner.price(gen.site, self._points(gen.site), stats, target=self._poll_target(),
+                                           initial=self.settings.poll_initial, maximum=self.settings.poll_max)
         if price is None:
             return None
         limits: dict[str, Any] = {"target": self._poll_target(), "initial": self.settings.poll_initial,
                                   "maximum": self.settings.poll_max, "remaining": gen.deadline - gen.now,
-                                  "rng": self.rng}
+                                  "rng": self.rng, "cold": cold}
         if unseen_at <= 0:  # the first look is planned from the histogram (unseen.py says why)
             return schedule.next_delay(stats, elapsed, 0, weight=price, **limits)
         return unseen.next_delay(points, elapsed, unseen_at=unseen_at, weight=price, **limits)
-
-    def _price(self, site: str, points: list[unseen.Point], stats: list[float]) -> float | None:
-        """unseen.price for the site, kept by this process until RECALIBRATE new points
-        have come in (it replays every point: about 0.1 s of CPU)."""
-        cached = self._prices.get(site)
-        if cached is not None and cached[0] and cached[0][0] in points[:unseen.RECALIBRATE]:
-            return cached[1]
-        price = unseen.price(points, stats, target=self._poll_target(), initial=self.settings.poll_initial,
-                             maximum=self.settings.poll_max)
-        self._prices[site] = (tuple(points), price)
-        return price
 
     def _poll_target(self) -> float:
         """The learned schedule's target delay, less the half dispatcher tick a due step
@@ -412,6 +433,10 @@ class Pipeline:
         that tells more than the site's (schedule.informative), else the site's; and
         whether it is the band's."""
         whole = self._timing_stats(gen.site, schedule.READY)
+        if schedule.weight(whole) < planner_module.PRIOR_WEIGHT:
+            # Little of its own yet: the fleet's other sites make up the rest (planner.py).
+            whole = planner_module.blend(whole, self.planner.prior(gen.site, self.store))
+        whole = self.planner.histogram(gen.site, whole)  # the one planned from, while it holds
         if gen.duration_band is None:
             return whole, False
         part = self._timing_stats(gen.site, schedule.timing_name(gen.duration_band))

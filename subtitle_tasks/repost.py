@@ -32,16 +32,17 @@ VISIBLE = "visible"  # the timing histogram's phase name
 PROBE_RATE = 0.05    # once warm: the share of accepted POSTs that pay one GET to keep the evidence fresh
 QUANTILE = 0.99
 MARGIN = 2.0
+WARM = 10.0          # observations before the learned wait replaces the ceiling (its bounds keep it safe)
 
 
 def should_probe(stats: Sequence[float] | None, rng: Callable[[], float], rate: float = PROBE_RATE) -> bool:
     """Whether this accepted POST should look for its track at once (to learn from it)."""
-    return not schedule.is_warm(stats) or rng() < rate
+    return not schedule.is_warm(stats, WARM) or rng() < rate
 
 
 def repost_after(stats: Sequence[float] | None, *, floor: float, ceiling: float) -> float:
     """Seconds after a POST with an unknown outcome before a second one may go out."""
     ceiling = max(floor, ceiling)
-    if not schedule.is_warm(stats):
+    if not schedule.is_warm(stats, WARM):
         return ceiling
     return min(ceiling, max(floor, MARGIN * schedule.quantile(stats, QUANTILE)))

@@ -26,6 +26,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from .metrics import Recorder
+from .planner import Planner
 from .settings import ConfigurationError, Settings, load_settings
 from .sites import Site, SiteError
 from .state.redis import RedisStore
@@ -54,6 +55,9 @@ class Runtime:
         self._store: RedisStore | None = None
         self._consumer_store: RedisStore | None = None
         self._clients: dict[str, DatoCMSClient] = {}
+        # What poll planning keeps between steps, per process (planner.py): each step
+        # builds a new Pipeline, so a cache held there would never hit.
+        self.planner = Planner(sites=lambda: ["", *self.sites.aliases()])
 
     @property
     def store(self) -> RedisStore:

@@ -40,7 +40,7 @@ def _pipeline(app: Celery, owner: str = "") -> Pipeline:
     """``owner``: the worker running the step (step_watch.py), named in the locks it takes."""
     runtime = runtime_for(app)
     return Pipeline(runtime.settings, runtime.store, runtime.client_for, _notifier(app, owner).notify,
-                    metrics=runtime.metrics)
+                    metrics=runtime.metrics, planner=runtime.planner)
 
 
 @shared_task(name="subtitle_tasks.submit", **_COMMON)

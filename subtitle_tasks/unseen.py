@@ -120,17 +120,18 @@ def counts_after(points: Sequence[Point], after: float) -> tuple[float, ...] | N
 
 def next_delay(points: Sequence[Point], elapsed: float, *, unseen_at: float, weight: float, target: float,
                initial: float, maximum: float, remaining: float = math.inf,
-               rng: Callable[[], float] | None = None) -> float | None:
+               rng: Callable[[], float] | None = None, cold: float | None = None) -> float | None:
     """Seconds until the next look of a generation ``elapsed`` seconds after its POST
     whose track was not listed at ``unseen_at`` (its latest look): planned from the points
     that showed later, at ``weight`` polls per late track (:func:`price`). None when too
-    few points showed later: the caller plans from the site's histogram."""
+    few points showed later: the caller plans from the site's histogram. ``cold``: the
+    wait past everything those points observed (schedule.next_delay)."""
     counts = counts_after(points, unseen_at)
     if counts is None:
         return None
     return schedule.next_delay(counts, elapsed, 0, target=target, initial=initial, maximum=maximum,
                                remaining=remaining, rng=rng or (lambda: 1.0), running_at=unseen_at,
-                               weight=weight)
+                               weight=weight, cold=cold)
 
 
 def replay_late_share(points: Sequence[Point], stats: Sequence[float] | None, weight: float, *, target: float,
@@ -172,7 +173,7 @@ def price(points: Sequence[Point], stats: Sequence[float] | None, *, target: flo
     alone."""
     if len(points) < ENOUGH or not schedule.is_warm(stats):
         return None
-    allowance = 1.0 - schedule.QUANTILE
+    allowance = schedule.late_allowance(len(points))
 
     def meets(weight: float) -> bool:
         return replay_late_share(points, stats, weight, target=target, initial=initial,

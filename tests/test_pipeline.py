@@ -57,7 +57,7 @@ def test_track_that_stays_preparing_then_turns_ready(harness, sim):
     assert len(watched) >= 3
 
 
-def _warm(h, low: float, high: float, n: int = 20) -> None:
+def _warm(h, low: float, high: float, n: int = 40) -> None:
     """A site whose generations took ``low``..``high`` s from POST to ready, as learned."""
     from subtitle_tasks import schedule
     from subtitle_tasks.state.redis import RedisStore

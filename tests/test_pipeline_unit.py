@@ -155,7 +155,11 @@ class FakeClock:
 
 
 class Env:
-    def __init__(self, rng: Callable[[], float] = lambda: 1.0, visible_within: float | None = 1.0) -> None:
+    def __init__(self, rng: Callable[[], float] = lambda: 1.0, visible_within: float | None = 1.0,
+                 policy: str = "exponential") -> None:
+        """``policy``: the poll policy. The step mechanics tested here (errors, retries,
+        deadlines, the POST) are the same under both; ``exponential`` makes every job poll
+        a job result, so the scripts stay short. test_schedule.py tests ``learned``."""
         self.clock = FakeClock()
         self.store = MemoryStore(clock=self.clock)
         # A fleet that has learnt how soon new tracks show (repost.py), so an accepted POST
@@ -166,7 +170,8 @@ class Env:
         self.client = FakeDatoCMS()
         self.notified: list[str] = []
         self.settings = load_settings({"poll_initial": POLL_INITIAL, "poll_max": POLL_MAX, "lease": LEASE,
-                                       "http_timeout": 10, "submit_grace": GRACE}, environ={})
+                                       "http_timeout": 10, "submit_grace": GRACE, "poll_policy": policy},
+                                      environ={})
         self.pipeline = Pipeline(self.settings, self.store, lambda site: self.client, self.notified.append, rng=rng)
 
     def request(self, rid: str = "r1", *, upload: str = "u1", lang: str = "it-IT", ttl: float = 3600.0) -> str:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from subtitle_tasks import schedule, unseen
 from subtitle_tasks.backoff import capped_exponential
-from tests.test_pipeline_unit import START, Env, job_failed, track
+from tests.test_pipeline_unit import POLL_INITIAL, START, Env, job_failed, track
 from tests.test_unseen import bimodal
 
 ONE = lambda: 1.0  # noqa: E731  (a draw that takes no jitter off)
@@ -164,8 +164,8 @@ def test_cold_start_is_the_capped_exponential_schedule():
 
 
 def test_warm_after_enough_observations():
-    assert schedule.is_warm(learned(uniform(20, 30), n=11))
-    assert not schedule.is_warm(learned(uniform(20, 30), n=9))
+    assert schedule.is_warm(learned(uniform(20, 30), n=40))
+    assert not schedule.is_warm(learned(uniform(20, 30), n=30))  # decayed: 26 observations
 
 
 # -- where the polls go -------------------------------------------------------------------------
@@ -251,7 +251,7 @@ def test_the_plan_sees_all_but_five_percent_within_the_target():
                   learned(lambda r: r.uniform(15, 45) if r.random() < 0.6 else r.uniform(60, 110))):
         polls = times(stats)
         planned = schedule.planned_late_share(stats, target=TARGET, initial=1.0, maximum=60.0)
-        assert 0.0 < planned <= 1 - schedule.QUANTILE
+        assert 0.0 <= planned <= schedule.late_allowance(schedule.weight(stats)) <= 1 - schedule.QUANTILE
         assert late_share(stats, polls, TARGET, rng) <= 1 - schedule.QUANTILE + 0.01
 
 
@@ -347,9 +347,10 @@ def test_goal_half_the_requests_at_no_worse_p95_on_narrow_jobs():
 def test_on_the_issues_wide_jobs_p95_holds_at_about_sixty_percent_of_the_requests():
     # Jobs 20-90 s, tracks 0-30 s more: ready anywhere in 20-120 s. Even a schedule that
     # knew the distribution exactly needs about half the official requests at its p95
-    # (bench/README.md), so 0.5x is out of reach here; about 0.6x is what this holds.
+    # (bench/README.md), so 0.5x is out of reach here; about 0.6x is what this holds
+    # (0.63x since plans keep a margin for their sample's size, schedule.late_allowance).
     requests, p95, official_requests, official_p95 = goal(lambda rng: (rng.uniform(20, 90), rng.uniform(0, 30)))
-    assert requests <= 0.62 * official_requests
+    assert requests <= 0.65 * official_requests
     assert p95 <= official_p95
 
 
@@ -368,18 +369,22 @@ def warm(env: Env, low: float, high: float, n: int = 40, site: str = "") -> None
 
 
 def test_a_generation_records_the_time_from_its_post_to_its_track_being_ready():
-    env = Env()
+    env = Env(policy="learned")
     gid = env.submitted()
     assert env.gen(gid).phase_clock == (START, 0.0)
-    env.client.jobs.extend([None, None, track("t9", status="preparing")])
-    env.step(gid)  # at 1 s: running
-    env.step(gid)  # at 2 s (cold: capped exponential): running
-    assert env.gen(gid).phase_clock == (START, pytest.approx(2.0))
-    assert env.step(gid) == "track-preparing"  # at 4 s: done, last seen running at 2 s
+    env.client.jobs.append(track("t9", status="preparing"))
+    assert env.step(gid) == "job-pending"  # at 1 s (cold: the official client's times): not listed
+    assert env.step(gid) == "job-pending"  # at 3 s: not listed
+    assert env.gen(gid).phase_clock == (START, pytest.approx(3.0))
+    assert env.client.count("job") == 0
+    assert env.step(gid) == "track-preparing"  # at 6 s, the job result (one look in three): done
+    assert env.client.count("job") == 1
     assert env.store.timing_stats("", schedule.READY) is None  # nothing learned until the track is ready
     # The clock runs on from the POST; the job result showed the track as the job left
-    # it, so it is known not ready at the job's estimated end (3 s).
-    assert env.gen(gid).phase_clock == (START, pytest.approx(3.0))
+    # it, so it is known not ready at the job's estimated end (4.5 s), and the next look
+    # comes a second later, as the official client's does.
+    assert env.gen(gid).phase_clock == (START, pytest.approx(4.5))
+    assert env.delay(gid) == pytest.approx(POLL_INITIAL)
     env.client.tracks["u1"] = [track("t9", status="preparing")]
     assert env.step(gid) == "track-preparing"
     seen_preparing = env.gen(gid).phase_clock[1]
@@ -390,39 +395,40 @@ def test_a_generation_records_the_time_from_its_post_to_its_track_being_ready():
     assert env.store.timing_stats("", schedule.READY) == pytest.approx(expected, abs=1e-3)
 
 
-def test_a_track_ready_in_the_job_result_is_learned_from_the_job_polls():
-    env = Env()
+def test_a_track_ready_at_a_cold_look_is_learned_between_the_looks():
+    env = Env(policy="learned")
     gid = env.submitted()
-    env.client.jobs.extend([None, track("t9")])
-    env.step(gid)  # at 1 s: running
-    assert env.step(gid) == "ready"  # at 2 s: ready somewhere in (1, 2]
-    expected = schedule.update(None, 1.0, until=2.0)
+    env.step(gid)  # at 1 s: not listed
+    env.client.tracks["u1"] = [track("t9")]
+    assert env.step(gid) == "ready"  # at 3 s, listed ready: ready somewhere in (1, 3]
+    assert env.client.count("job") == 0
+    expected = schedule.update(None, 1.0, until=3.0)
     assert env.store.timing_stats("", schedule.READY) == pytest.approx(expected, abs=1e-3)
 
 
 def test_a_failed_job_teaches_nothing():
     # Learned durations are those of jobs that produce a track: a failure may come fast.
-    env = Env()
+    env = Env(policy="learned")
     gid = env.submitted()
     env.client.jobs.append(job_failed())
-    assert env.step(gid) == "error"
+    assert [env.step(gid) for _ in range(3)] == ["job-pending", "job-pending", "error"]  # the third asks the job
     assert env.store.timing_stats("", schedule.READY) is None
 
 
 def test_warm_stats_move_the_first_poll_to_where_tracks_become_ready():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     assert 35 <= env.delay(gid) <= 50
-    capped = Env()  # POLL_MAX 8: no wait is longer, the first one included
+    capped = Env(policy="learned")  # POLL_MAX 8: no wait is longer, the first one included
     warm(capped, 40, 50)
     assert capped.delay(capped.submitted()) == pytest.approx(8.0)
-    cold = Env()
+    cold = Env(policy="learned")
     assert cold.delay(cold.submitted()) == pytest.approx(1.0)  # poll_initial, as before learning
 
 
 def test_a_warm_site_looks_in_the_track_list_and_finishes_without_the_job_result():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     env.client.tracks["u1"] = [track("old", status="ready")]  # an Italian track from before: not ours
     gid = env.submitted()
@@ -446,7 +452,7 @@ def bimodal_site(env: Env, n: int = 256) -> None:
 
 
 def test_a_look_that_does_not_find_the_track_plans_from_the_generations_whose_track_showed_later():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     bimodal_site(env)
     gid = env.submitted()
     env.client.tracks["u1"] = []
@@ -462,7 +468,7 @@ def test_a_look_that_does_not_find_the_track_plans_from_the_generations_whose_tr
 
 
 def test_a_generation_keeps_when_its_track_showed_and_leaves_a_point_when_it_ends():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     env.client.tracks["u1"] = []
@@ -480,7 +486,7 @@ def test_a_generation_keeps_when_its_track_showed_and_leaves_a_point_when_it_end
 
 
 def test_a_process_finds_the_price_again_only_after_enough_new_points(monkeypatch):
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     bimodal_site(env)
     replays = []
     real = unseen.price
@@ -498,7 +504,7 @@ def test_a_process_finds_the_price_again_only_after_enough_new_points(monkeypatc
 
 
 def test_a_job_poll_reads_the_site_s_timing_once():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     reads = []
@@ -514,7 +520,7 @@ def test_a_job_poll_reads_the_site_s_timing_once():
 
 
 def test_a_ready_track_in_the_list_ends_the_job_phase_at_once():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     env.client.tracks["u1"] = [track("t9")]
@@ -523,7 +529,7 @@ def test_a_ready_track_in_the_list_ends_the_job_phase_at_once():
 
 
 def test_past_what_was_observed_the_job_result_is_asked_as_it_alone_tells_a_failure():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     horizon = schedule.horizon(env.store.timing_stats("", schedule.READY))
@@ -537,7 +543,7 @@ def test_past_what_was_observed_the_job_result_is_asked_as_it_alone_tells_a_fail
 
 
 def test_a_request_that_gives_the_upload_s_length_is_learned_in_its_band_and_planned_from_it():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 15, 120, n=200)  # the site: anything from 15 s to 2 min
     band = schedule.duration_band(90.0)
     rng = random.Random(8)
@@ -563,13 +569,13 @@ def test_a_request_that_gives_the_upload_s_length_is_learned_in_its_band_and_pla
 
 
 def test_stats_are_per_site():
-    env = Env()
+    env = Env(policy="learned")
     warm(env, 40, 50, site="blog")
     assert env.delay(env.submitted()) == pytest.approx(1.0)  # the default site knows nothing yet
 
 
 def test_the_exponential_policy_ignores_what_was_learned():
-    env = with_settings(Env(), poll_policy="exponential", poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_policy="exponential", poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     assert env.delay(gid) == pytest.approx(1.0)
@@ -585,22 +591,23 @@ def test_the_exponential_policy_ignores_what_was_learned():
 
 
 def test_after_a_job_result_the_track_is_polled_from_the_learned_time_since_the_post():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 20, 25)
     gid = env.submitted()
     # Past the learned horizon (25 s and a bucket) the job result is asked; this one
     # shows the track preparing as the job left it.
-    env.store.advance(gid, 0, phase_clock=(START - 10.0, 0.0))
+    env.store.advance(gid, 0, phase_clock=(START - 10.0, 0.0), attempts=2)
     env.client.jobs.append(track("t9", status="preparing"))
     env.clock.t = START + 30.0
     assert env.step(gid) == "track-preparing"
     assert env.client.count("job") == 1
-    # Not ready when the job ended, somewhere after 0 s: past the data, so backing off.
-    assert env.delay(gid) <= 60.0
+    # Not ready when the job ended, somewhere after 0 s, and past the data: the cold
+    # schedule looks at the track list a second later, as the official client would.
+    assert env.delay(gid) == pytest.approx(POLL_INITIAL)
 
 
 def test_the_track_phase_waits_for_where_the_site_s_tracks_become_ready():
-    env = with_settings(Env(), poll_max=60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm(env, 40, 50)
     gid = env.submitted()
     env.client.tracks["u1"] = [track("t9", status="preparing")]
@@ -612,7 +619,7 @@ def test_the_track_phase_waits_for_where_the_site_s_tracks_become_ready():
 
 def test_a_generation_without_a_phase_clock_polls_on_the_cold_schedule():
     # Written by a version before learning: no clock, so no elapsed time to plan from.
-    env = Env()
+    env = Env(policy="learned")
     warm(env, 40, 50)
     gid = env.submitted()
     env.store.advance(gid, 0, phase_clock=None)
@@ -628,7 +635,7 @@ def test_a_generation_without_a_phase_clock_polls_on_the_cold_schedule():
 
 
 def test_a_store_that_cannot_keep_timing_never_fails_a_step(caplog):
-    env = Env()
+    env = Env(policy="learned")
 
     def broken(*args, **kwargs):
         raise RuntimeError("WRONGTYPE")
@@ -636,6 +643,6 @@ def test_a_store_that_cannot_keep_timing_never_fails_a_step(caplog):
     env.store.record_timing = broken
     env.store.timing_stats = broken
     gid = env.submitted()
-    env.client.jobs.append(track("t9"))
+    env.client.tracks["u1"] = [track("t9")]
     assert env.step(gid) == "ready"
     assert "could not record a ready duration" in caplog.text
