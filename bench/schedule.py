@@ -4,6 +4,11 @@
     python -m bench.schedule --real           # plus the real-process check on one shape (~2 min more)
     python -m bench.schedule --generations 500 --shapes wide   # smoke run
     python -m bench.schedule --target 8       # another trade-off (SUBTITLE_TASKS_POLL_TARGET)
+    python -m bench.schedule --batches-only   # batches of 30 arriving together: cold, with a prior, warm
+
+Issue #16: the batch rows. 30 requests arrive together on one site (as a sweep or a
+bulk upload sends them), cold, with another site's learned timing as the prior, and
+after 60 generations; simulated as above, against the official client on the same draws.
 
 Issue #10, items 1-2. Each shape draws, from its own seed, an arrival time, a video
 length, a job duration (POST accepted -> job result 200) and a preparing time (job
@@ -56,6 +61,7 @@ from typing import Any
 from subtitle_tasks import schedule
 from subtitle_tasks.datocms.resources import UploadTrack
 from subtitle_tasks.pipeline import Pipeline
+from subtitle_tasks.planner import Planner
 from subtitle_tasks.settings import Settings, load_settings
 from subtitle_tasks.state import DONE
 from subtitle_tasks.state.stub import MemoryStore
@@ -191,11 +197,16 @@ class ScriptedDatoCMS:
 
 def run_pipeline(policy: str, draws: Draws, *, seed: int, poll_initial: float = 1.0, poll_max: float = 60.0,
                  dispatch_interval: float = 1.0, poll_target: float | None = None,
-                 lengths: bool = True) -> tuple[list[Outcome], MemoryStore]:
+                 lengths: bool = True, other_site: list[float] | None = None) -> tuple[list[Outcome], MemoryStore]:
     """Every generation through Pipeline.advance, steps run at dispatcher ticks; with
-    ``lengths``, each request gives its upload's length (``upload_duration``)."""
+    ``lengths``, each request gives its upload's length (``upload_duration``). With
+    ``other_site`` (ready times), the fleet also serves a site that has learned those, so
+    this one starts from its prior (planner.py)."""
     clock = _Clock()
     store = MemoryStore(clock=clock)
+    planner = Planner(sites=lambda: ["", "other"], clock=clock) if other_site else None
+    for seconds in other_site or ():
+        store.record_timing("other", schedule.READY, seconds, schedule.DECAY)
     outcomes = [Outcome() for _ in draws.arrivals]
     api = ScriptedDatoCMS(clock, draws, outcomes)
     overrides: dict[str, Any] = {"poll_policy": policy, "poll_initial": poll_initial, "poll_max": poll_max,
@@ -204,7 +215,7 @@ def run_pipeline(policy: str, draws: Draws, *, seed: int, poll_initial: float = 
         overrides["poll_target"] = poll_target
     settings = load_settings(overrides, environ={})
     pipeline = Pipeline(settings, store, lambda site: api, lambda request_id: None,
-                        rng=random.Random(f"jitter:{seed}").random)
+                        rng=random.Random(f"jitter:{seed}").random, planner=planner)
 
     def tick(t: float) -> float:  # the first dispatcher tick at or after t
         return START + math.ceil((t - START) / dispatch_interval - 1e-9) * dispatch_interval
@@ -350,6 +361,53 @@ def table(results: list[dict[str, Any]], part: str = "steady") -> str:
     return "\n".join(lines)
 
 
+# -- batches: requests arriving together, as a sweep or a bulk upload sends them ---------------
+
+BATCH = 30  # requests per batch (issue #16's)
+BATCH_SCENARIOS = (
+    ("fresh site, first batch", 0, False),
+    ("fresh site, first batch, the fleet serves another site", 0, True),
+    ("after 60 generations (two batches), third batch", 2, False),
+)
+
+
+def run_batches(shape: str, seeds: int, *, target: float | None = None) -> list[dict[str, Any]]:
+    """Each scenario: per seed, ``before`` batches of BATCH on one site 200 s apart, then the
+    measured batch; through the pipeline on a simulated clock, the official client on
+    the same draws. The other site (a prior) has 200 generations of the same shape,
+    drawn from seeds of its own."""
+    rows = []
+    for name, before, prior in BATCH_SCENARIOS:
+        ours: list[Outcome] = []
+        theirs: list[Outcome] = []
+        for seed in range(seeds):
+            draws = draw(shape, BATCH * (before + 1), seed, 5.0)
+            draws.arrivals = [(i // BATCH) * 200.0 for i in range(len(draws.jobs))]
+            other = None
+            if prior:
+                known = draw(shape, 200, 1000 + seed, 5.0)
+                other = [job + prep for job, prep in zip(known.jobs, known.preparing, strict=True)]
+            outcomes, _ = run_pipeline("learned", draws, seed=seed, lengths=False, other_site=other,
+                                       poll_target=target)
+            ours += outcomes[-BATCH:]
+            theirs += run_client("official", draws)[-BATCH:]
+        mine, base = summarise(ours), summarise(theirs)
+        rows.append({"scenario": name, "shape": shape, "seeds": seeds, "ours": mine, "official": base,
+                     "ratio": {key: mine[key] / base[key] for key in ("requests_per_subtitle", "p95")}})
+    return rows
+
+
+def batch_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| shape | batch of 30 arriving together | requests / subtitle, ours (official) | ratio "
+             "| p95 delay, ours (official) | ratio |", "|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        o, b, r = row["ours"], row["official"], row["ratio"]
+        lines.append(f"| {row['shape']} | {row['scenario']} | {_fmt(o['requests_per_subtitle'], 2)} "
+                     f"({_fmt(b['requests_per_subtitle'], 2)}) | {_fmt(r['requests_per_subtitle'], 2)}x "
+                     f"| {_fmt(o['p95'], 2)} s ({_fmt(b['p95'], 2)} s) | {_fmt(r['p95'], 2)}x |")
+    return "\n".join(lines)
+
+
 # -- the real-process check ------------------------------------------------------------------
 
 def run_real(args: argparse.Namespace) -> dict[str, Any]:
@@ -491,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=10)
     parser.add_argument("--target", type=float, default=None,
                         help="SUBTITLE_TASKS_POLL_TARGET for this run (the trade-off between requests and delay)")
+    parser.add_argument("--batch-seeds", type=int, default=12,
+                        help="batch rows: seeds per scenario (0: none), on the wide and bimodal shapes")
+    parser.add_argument("--batches-only", action="store_true", help="only the batch rows (about a minute)")
     parser.add_argument("--real", action="store_true", help="also the real-process check")
     parser.add_argument("--real-shape", default="wide", choices=list(SHAPES))
     parser.add_argument("--real-scale", type=float, default=0.1, help="durations and poll settings times this")
@@ -502,11 +563,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
-    results = [run_shape(shape, args) for shape in args.shapes]
-    print(f"## Simulated: after the first {args.warmup} of {args.generations} generations per shape\n")
-    print(table(results, "steady"))
-    print(f"\n## Cold start: the first {args.warmup} generations\n")
-    print(table(results, "cold_start"))
+    results = [] if args.batches_only else [run_shape(shape, args) for shape in args.shapes]
+    if results:
+        print(f"## Simulated: after the first {args.warmup} of {args.generations} generations per shape\n")
+        print(table(results, "steady"))
+        print(f"\n## Cold start: the first {args.warmup} generations\n")
+        print(table(results, "cold_start"))
+    batches: list[dict[str, Any]] = []
+    if args.batch_seeds:
+        for shape in ("wide", "bimodal"):
+            batches += run_batches(shape, args.batch_seeds, target=args.target)
+        print(f"\n## Batches: {BATCH} requests arriving together, {args.batch_seeds} seeds per row\n")
+        print(batch_table(batches))
     real = None
     if args.real:
         real = run_real(args)
@@ -519,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         "clock": "simulated; learned and exponential through Pipeline.advance on a MemoryStore",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "seconds_total": round(time.perf_counter() - started, 1),
-        "results": results, "real": real,
+        "results": results, "batches": batches, "real": real,
     }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     path = args.results_dir / f"schedule-{time.strftime('%Y%m%d-%H%M%S')}.summary.json"
