@@ -17,7 +17,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import cold, logs, repost, schedule, unseen
-from . import planner as planner_module
 from .backoff import retry_delay
 from .datocms import client as api_client
 from .datocms import exceptions as api
@@ -432,11 +431,8 @@ class Pipeline:
         """The timing the generation's polls plan from: its upload-duration band's, once
         that tells more than the site's (schedule.informative), else the site's; and
         whether it is the band's."""
-        whole = self._timing_stats(gen.site, schedule.READY)
-        if schedule.weight(whole) < planner_module.PRIOR_WEIGHT:
-            # Little of its own yet: the fleet's other sites make up the rest (planner.py).
-            whole = planner_module.blend(whole, self.planner.prior(gen.site, self.store))
-        whole = self.planner.histogram(gen.site, whole)  # the one planned from, while it holds
+        # The site's own, the other sites' prior making up what it lacks, as last planned from (planner.py).
+        whole = self.planner.histogram(gen.site, self._timing_stats(gen.site, schedule.READY), self.store)
         if gen.duration_band is None:
             return whole, False
         part = self._timing_stats(gen.site, schedule.timing_name(gen.duration_band))

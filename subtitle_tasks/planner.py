@@ -95,12 +95,15 @@ class Planner:
         self._priors: dict[str, tuple[float, list[float] | None]] = {}  # site -> (read at, pooled prior)
         self.price_computations = 0
 
-    def histogram(self, site: str, stats: list[float] | None) -> list[float] | None:
-        """The histogram to plan ``site``'s looks from: the one planned from before, until
-        ``stats`` (as read now) has moved by MOVED of its mass from it or turned warm."""
-        kept = self._histograms.get(site)
+    def histogram(self, site: str, own: list[float] | None, store: Any) -> list[float] | None:
+        """The histogram to plan ``site``'s looks from: its ``own`` (as read now), with the
+        other sites' prior making up what it lacks of PRIOR_WEIGHT (:meth:`prior`,
+        :func:`blend`); and of that, the one planned from before, until it has moved by
+        MOVED of its mass or turned warm."""
+        stats = blend(own, self.prior(site, store)) if schedule.weight(own) < PRIOR_WEIGHT else own
         if stats is None:
             return None
+        kept = self._histograms.get(site)
         if kept is not None and schedule.is_warm(kept) == schedule.is_warm(stats) and moved(kept, stats) < MOVED:
             return kept
         with self._lock:

@@ -106,7 +106,7 @@ def test_pool_weighs_each_warm_site_alike_and_blend_fades_the_prior_out():
 
 
 def test_a_new_site_plans_from_the_other_sites_from_its_first_request():
-    env = with_poll_max(Env(policy="learned"), 60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     env.pipeline.planner = Planner(sites=lambda: ["", "shop"])
     for seconds in random.Random(3).choices(range(40, 50), k=200):
         env.store.record_timing("shop", schedule.READY, float(seconds), schedule.DECAY)
@@ -114,10 +114,6 @@ def test_a_new_site_plans_from_the_other_sites_from_its_first_request():
     assert env.delay(gid) >= 30  # the first look where the other site's tracks become ready
     lonely = Env(policy="learned")  # no other site: the cold schedule's first look
     assert lonely.delay(lonely.submitted()) == pytest.approx(1.0)
-
-
-def with_poll_max(env: Env, seconds: float) -> Env:
-    return with_settings(env, poll_max=seconds)
 
 
 def warm_site(env: Env, n: int = 256) -> None:
@@ -129,7 +125,7 @@ def warm_site(env: Env, n: int = 256) -> None:
 
 
 def test_the_price_is_found_once_per_process_until_enough_new_points():
-    env = with_poll_max(Env(policy="learned"), 60.0)
+    env = with_settings(Env(policy="learned"), poll_max=60.0)
     warm_site(env)
     planner = Planner()
     env.client.tracks["u1"] = []
