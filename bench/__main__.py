@@ -1,7 +1,7 @@
 """Every benchmark, one table.
 
-    python -m bench                      # the quick plan (8 minutes on 2 cores)
-    python -m bench --full               # every benchmark with its own defaults (roughly 35 minutes)
+    python -m bench                      # the quick plan (14 minutes on 2 cores)
+    python -m bench --full               # every benchmark with its own defaults (roughly 50 minutes)
     python -m bench --only edge,ops      # a subset (the others show as n/a, "not run")
     python -m bench --list               # the plan: what runs, with which arguments
 
@@ -59,6 +59,8 @@ PLAN: tuple[Bench, ...] = (
     Bench("ops", (), (), 300, 900),  # 100,000 in flight (the goal's size), ~15 s
     Bench("fanin", (), (), 300, 900),  # 1, 100, 1,000, 5,000 joined, ~10 s
     Bench("schedule", ("--real", "--real-generations", "200", "--real-warmup", "40"), ("--real",), 600, 1200),
+    # batches of 30 through two real workers: half the durations, 2 cold and 2 warm batches (~6 min)
+    Bench("fleet", ("--scale", "0.5", "--cold-batches", "2", "--warm-measured", "2"), (), 900, 1800),
     Bench("quota", ("--plans", "30", "--seconds", "12"), (), 600, 1200),
     Bench("chaos", ("--requests", "300", "--seconds", "30"), (), 900, 2400),
     Bench("recovery", ("--trials", "10", "--lease-trials", "1", "--requests", "300"), (), 900, 2400),

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 # The order of the table (fast benchmarks first, which is also the order they run in).
-BENCHMARKS = ("edge", "fairness", "ops", "fanin", "schedule", "quota", "chaos", "recovery", "scale")
+BENCHMARKS = ("edge", "fairness", "ops", "fanin", "schedule", "fleet", "quota", "chaos", "recovery", "scale")
 
 # (ours, baseline, ratio) -> met? (None: cannot tell)
 Check = Callable[[float, "float | None", "float | None"], "bool | None"]
@@ -216,6 +216,35 @@ def schedule_rows(s: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+FLEET_GOALS = {"cold": 0.9, "warm": 0.5}  # requests per subtitle against the official client (issue #16)
+FLEET_CPU_GOAL = 1.1  # a warm site's worker CPU per subtitle against a fresh one's
+
+
+def fleet_rows(s: Mapping[str, Any]) -> list[Row]:
+    measured, label = s["measured"], f"{s['shape']} x{s['scale']:g}"
+    rows = []
+    for kind, what in (("cold", "fresh fleets' first batch"), ("warm", "after 60 generations")):
+        f = measured.get(kind)
+        if f is None:
+            continue
+        o, n = f["official"], f"{f['batches']} x 30 together"
+        goal = FLEET_GOALS[kind]
+        rows.append(row("fleet", f"real workers ({label}), {what}, {n}: requests per subtitle (vs official "
+                        "client on the same durations)", f["requests_per_subtitle"], o["requests_per_subtitle"],
+                        goal=f"≤ {goal:g}x", check=ratio_at_most(goal)))
+        rows.append(row("fleet", f"real workers ({label}), {what}: p95 track ready -> on_ready ran (vs official "
+                        "client's GET seeing it)", f["p95"], o["p95"], unit="s", goal="≤ 1x",
+                        check=ratio_at_most(1.0)))
+        rows.append(row("fleet", f"real workers ({label}), {what}: requests without exactly one ready callback, "
+                        f"of {f['generations']}", f["not_exactly_one_ready"], goal="= 0", check=at_most(0),
+                        ratio=None))
+    if "cold" in measured and "warm" in measured:
+        rows.append(row("fleet", f"real workers ({label}): worker CPU per subtitle, warm (vs cold)",
+                        measured["warm"]["cpu_seconds_per_subtitle"], measured["cold"]["cpu_seconds_per_subtitle"],
+                        unit="s", goal=f"≤ {FLEET_CPU_GOAL:g}x", check=ratio_at_most(FLEET_CPU_GOAL)))
+    return rows
+
+
 def quota_rows(s: Mapping[str, Any]) -> list[Row]:
     by_plan: dict[int, dict[str, Mapping[str, Any]]] = {}
     for result in s["results"]:
@@ -316,7 +345,7 @@ def _mb(kb: Any) -> float | None:
 
 BUILDERS: dict[str, Callable[[Mapping[str, Any]], list[Row]]] = {
     "edge": edge_rows, "fairness": fairness_rows, "ops": ops_rows, "fanin": fanin_rows,
-    "schedule": schedule_rows, "quota": quota_rows, "chaos": chaos_rows, "recovery": recovery_rows,
+    "schedule": schedule_rows, "fleet": fleet_rows, "quota": quota_rows, "chaos": chaos_rows, "recovery": recovery_rows,
     "scale": scale_rows,
 }
 
@@ -332,6 +361,9 @@ HEADLINES: dict[str, list[tuple[str, str, str, bool]]] = {
                f"< {FANIN_GOAL_MS:g} ms", False)],
     "schedule": [("requests per subtitle, each shape (learned vs official client)", "", "≤ 0.5x", False),
                  ("p95 delay track ready -> seen, each shape (learned vs official client)", "s", "≤ 1x", False)],
+    "fleet": [("real workers, batches of 30: requests per subtitle, cold and warm (vs official client)", "",
+               "≤ 0.9x cold, ≤ 0.5x warm", False),
+              ("real workers, batches of 30: p95 track ready -> on_ready (vs official client)", "s", "≤ 1x", False)],
     "quota": [("429 share (vs fixed 55 per 3 s, no headers)", "%", "≤ 0.5 %", False)],
     "chaos": [("seconds to the last callback under kills and faults (vs quiet run)", "s", "", False),
               ("guarantees broken (chaos vs quiet run)", "", "= 0 (guarantee)", True)],

@@ -65,6 +65,7 @@ from subtitle_tasks.planner import Planner
 from subtitle_tasks.settings import Settings, load_settings
 from subtitle_tasks.state import DONE
 from subtitle_tasks.state.stub import MemoryStore
+from subtitle_tasks.testing import Simulator
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 POLICIES = ("learned", "learned, no length", "official", "fixed 1 s", "exponential", "knows the distribution")
@@ -410,6 +411,50 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
 
 # -- the real-process check ------------------------------------------------------------------
 
+class TimedSimulator(Simulator):
+    """The simulator with each upload's job timed from ``draws``: upload ids end in
+    ``-{index}`` (the stock simulator times every job alike). ``timed`` keeps, per upload,
+    (POST accepted, track ready) on this process's monotonic clock."""
+
+    def __init__(self, draws: Draws, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.draws = draws
+        self.timed: dict[str, tuple[float, float]] = {}
+        self.job_upload: dict[str, str] = {}
+
+    def _create_job(self, upload_id, environment, language_code, name, kind):
+        job = super()._create_job(upload_id, environment, language_code, name, kind)
+        i = int(upload_id.rsplit("-", 1)[1])
+        accepted = job.done_at - self._config.job_seconds
+        job.done_at = accepted + self.draws.jobs[i]
+        job.preparing_seconds = self.draws.preparing[i]
+        self.timed[upload_id] = (accepted, accepted + self.draws.jobs[i] + self.draws.preparing[i])
+        self.job_upload[job.job_id] = upload_id
+        return job
+
+    def outcomes(self, uploads: list[str]) -> dict[str, Outcome]:
+        """Per upload, every GET its generation made (the snapshot, job results, track
+        lists) and the delay from its track being ready to the track-list GET that first
+        saw it so, from the request log."""
+        out = {upload: Outcome() for upload in uploads}
+        for entry in self.requests():
+            if entry.method != "GET" or entry.status not in (200, 404):
+                continue
+            if entry.path.startswith("/job-results/"):
+                upload = self.job_upload.get(entry.path.rsplit("/", 1)[1])
+            elif entry.path.startswith("/uploads/") and entry.path.endswith("/tracks"):
+                upload = entry.path.split("/")[2]
+            else:
+                continue
+            if upload not in out:
+                continue
+            out[upload].requests += 1
+            if upload in self.timed and entry.path.endswith("/tracks") and out[upload].delay is None \
+                    and entry.time >= self.timed[upload][1]:
+                out[upload].delay = entry.time - self.timed[upload][1]
+        return out
+
+
 def run_real(args: argparse.Namespace) -> dict[str, Any]:
     """A worker, Redis and the simulator; jobs timed from ``args.real_shape`` scaled by ``args.real_scale``."""
     import tempfile
@@ -419,28 +464,13 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
 
     import subtitle_tasks
     from subtitle_tasks.local_redis import LocalRedis
-    from subtitle_tasks.testing import Simulator, SimulatorConfig
+    from subtitle_tasks.testing import SimulatorConfig
     from tests.support.callbacks import record
     from tests.support.harness import TOKEN, Harness
 
     scale, n = args.real_scale, args.real_generations
     draws = draw(args.real_shape, n, args.seed + 1, args.real_spacing / scale, scale)
     draws.arrivals = [i * args.real_spacing for i in range(n)]  # steady: one request every real_spacing s
-    timed: dict[str, tuple[float, float]] = {}  # upload -> (POST accepted, track ready), simulator clock
-    job_upload: dict[str, str] = {}
-
-    class TimedSimulator(Simulator):
-        """Each upload's job takes its drawn time (the stock simulator times every job alike)."""
-
-        def _create_job(self, upload_id, environment, language_code, name, kind):
-            job = super()._create_job(upload_id, environment, language_code, name, kind)
-            i = int(upload_id.rsplit("-", 1)[1])
-            accepted = job.done_at - self._config.job_seconds
-            job.done_at = accepted + draws.jobs[i]
-            job.preparing_seconds = draws.preparing[i]
-            timed[upload_id] = (accepted, accepted + draws.jobs[i] + draws.preparing[i])
-            job_upload[job.job_id] = upload_id
-            return job
 
     settings = {
         "SUBTITLE_TASKS_POLL_POLICY": "learned",
@@ -452,7 +482,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
     seen: dict[str, tuple[str, float]] = {}  # upload -> (callback kind, when its record appeared)
     stop = threading.Event()
     started = time.monotonic()
-    with LocalRedis() as server, TimedSimulator(SimulatorConfig(token=TOKEN, rate_limit=100000)) as sim, \
+    with LocalRedis() as server, \
+            TimedSimulator(draws, SimulatorConfig(token=TOKEN, rate_limit=100000)) as sim, \
             tempfile.TemporaryDirectory(prefix="subtitle-tasks-schedule-") as tmp:
         harness = Harness(server.url, sim, Path(tmp), **settings)
         watcher_client = redis.Redis.from_url(server.url)
@@ -483,26 +514,8 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
             watcher.join(5)
             harness.close()
             watcher_client.close()
-        log = sim.requests()
-
-    # Every GET a generation made (the snapshot, job results, track lists) and the
-    # track-list GET that first saw it ready, from the simulator's request log.
-    outcomes = {f"sched-{i}": Outcome() for i in range(n)}
-    for entry in log:
-        if entry.method != "GET" or entry.status not in (200, 404):
-            continue
-        if entry.path.startswith("/job-results/"):
-            upload = job_upload.get(entry.path.rsplit("/", 1)[1])
-        elif entry.path.startswith("/uploads/") and entry.path.endswith("/tracks"):
-            upload = entry.path.split("/")[2]
-        else:
-            continue
-        if upload not in outcomes:
-            continue
-        outcomes[upload].requests += 1
-        if upload in timed and entry.path.endswith("/tracks") and outcomes[upload].delay is None \
-                and entry.time >= timed[upload][1]:
-            outcomes[upload].delay = entry.time - timed[upload][1]
+        outcomes = sim.outcomes([f"sched-{i}" for i in range(n)])
+        timed = sim.timed
     warm = min(args.real_warmup, n // 2)
     ordered = [outcomes[f"sched-{i}"] for i in range(n)]
     callbacks = [seen[u][1] - timed[u][1] for u in (f"sched-{i}" for i in range(warm, n))

@@ -96,8 +96,17 @@ def _scale(scenario, n, rss_kb, nbytes):
 SCALE = {"benchmark": "scale", "results": [_scale("ours", 10000, 170 * 1024, 870.0),
                                            _scale("baseline", 10000, 420 * 1024, 1535.0)]}
 
-ALL = {"edge": EDGE, "fairness": FAIRNESS, "ops": OPS, "fanin": FANIN, "schedule": SCHEDULE, "quota": QUOTA,
-       "chaos": CHAOS, "recovery": RECOVERY, "scale": SCALE}
+def _fleet(requests, p95, cpu, official_requests, official_p95, missing=0):
+    return {"batches": 2, "generations": 60, "not_exactly_one_ready": missing, "requests_per_subtitle": requests,
+            "p95": p95, "cpu_seconds_per_subtitle": cpu,
+            "official": {"requests_per_subtitle": official_requests, "p95": official_p95}}
+
+
+FLEET = {"benchmark": "fleet", "shape": "wide", "scale": 0.5,
+         "measured": {"cold": _fleet(13.0, 2.8, 0.10, 14.5, 2.7), "warm": _fleet(7.0, 2.6, 0.105, 14.0, 2.9)}}
+
+ALL = {"edge": EDGE, "fairness": FAIRNESS, "ops": OPS, "fanin": FANIN, "schedule": SCHEDULE, "fleet": FLEET,
+       "quota": QUOTA, "chaos": CHAOS, "recovery": RECOVERY, "scale": SCALE}
 
 
 def _find(rows: list[Row], benchmark: str, *words: str) -> Row:
@@ -178,6 +187,22 @@ def test_schedule_each_shape_and_the_real_check(rows):
     assert not [r for r in rows if "bound for" in r.figure and "narrow" in r.figure]  # only where it ran
     plain = build_rows({"schedule": {**SCHEDULE, "real": None}}, benchmarks=("schedule",))
     assert len(plain) == 5 and not any("real" in r.figure for r in plain)
+
+
+def test_fleet_cold_and_warm_batches_against_the_official_client(rows):
+    cold = _find(rows, "fleet", "fresh fleets", "requests per subtitle")
+    assert cold.ratio == pytest.approx(13 / 14.5) and cold.goal == "≤ 0.9x" and cold.met is True
+    cold_p95 = _find(rows, "fleet", "fresh fleets", "p95")
+    assert cold_p95.ratio == pytest.approx(2.8 / 2.7) and cold_p95.met is False
+    warm = _find(rows, "fleet", "after 60", "requests per subtitle")
+    assert warm.ratio == pytest.approx(0.5) and warm.met is True
+    cpu = _find(rows, "fleet", "worker CPU")
+    assert cpu.ratio == pytest.approx(1.05) and cpu.met is True
+    missing = build_rows({"fleet": {**FLEET, "measured": {"cold": _fleet(13.0, 2.8, 0.1, 14.5, 2.7, missing=1)}}},
+                         benchmarks=("fleet",))
+    lost = _find(missing, "fleet", "without exactly one")
+    assert lost.ours == 1 and lost.met is False
+    assert not [r for r in missing if "CPU" in r.figure]  # no warm batches: nothing to compare
 
 
 def test_quota_shares_and_a_zero_baseline(rows):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import redis
 from celery import shared_task
@@ -37,7 +38,9 @@ def record_once(self, payload, kind, tag):
 def _record(task_id, payload, kind, tag):
     client = redis.Redis.from_url(os.environ["SUBTITLE_TASKS_REDIS_URL"])
     client.rpush(_calls_key(), json.dumps({"kind": kind, "tag": tag, "payload": payload, "pid": os.getpid(),
-                                           "task_id": task_id}))
+                                           "task_id": task_id,
+                                           # when it ran, on the machine's monotonic clock (the simulator's too)
+                                           "monotonic": time.monotonic()}))
     client.close()
 
 
