@@ -307,7 +307,7 @@ def cancel(request_id: str, *, app: Any = None) -> bool:
 
         wired = next((a for a in (app, _current_app()) if a is not None and attached(a) is runtime), None)
         publishing_app(wired, runtime.settings).send_task("subtitle_tasks.notify", args=[request_id],
-                              **({"queue": runtime.settings.queue} if runtime.settings.queue else {}))
+                                                          queue=runtime.settings.step_queue)
     except Exception as exc:  # the request is already cancelled; only the callback is delayed
         log.warning("cancel %s: could not enqueue its callback now (%s); recovery will", request_id, exc)
     return True

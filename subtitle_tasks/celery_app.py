@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery
 
 from . import runtime
-from .publisher import DEDICATED_QUEUE, DEFAULT_BROKER
+from .publisher import DEFAULT_BROKER
 from .settings import ConfigurationError, Settings, load_settings
 
 log = logging.getLogger("subtitle_tasks")
@@ -56,18 +56,18 @@ def init_app(app: Celery, **overrides: Any) -> InitReport:
 
     from . import tasks  # noqa: F401  (registers the shared tasks on every app)
 
-    if settings.queue:
-        routes = conf.task_routes
-        if routes is None or isinstance(routes, dict):
-            routes = dict(routes or {})
-            if "subtitle_tasks.*" not in routes:
-                routes["subtitle_tasks.*"] = {"queue": settings.queue}
-                conf.task_routes = routes
-                report.changes.append(
-                    f"routed subtitle_tasks.* to queue {settings.queue!r} (workers need -Q {settings.queue})"
-                )
-        else:
-            report.changes.append("task_routes is not a dict: left alone; route subtitle_tasks.* yourself")
+    # Our tasks in a queue of their own (Settings.step_queue), which the dispatcher step
+    # below has every worker of the app consume besides the queues it was started with.
+    routes = conf.task_routes
+    if routes is None or isinstance(routes, dict):
+        routes = dict(routes or {})
+        if "subtitle_tasks.*" not in routes:
+            routes["subtitle_tasks.*"] = {"queue": settings.step_queue}
+            conf.task_routes = routes
+            report.changes.append(f"routed subtitle_tasks.* to queue {settings.step_queue!r} (every worker of "
+                                  "this app consumes it too)")
+    else:
+        report.changes.append("task_routes is not a dict: left alone; route subtitle_tasks.* yourself")
 
     schedule = dict(conf.beat_schedule or {})
     if not any(entry.get("task") == "subtitle_tasks.recover" for entry in schedule.values()):
@@ -121,7 +121,7 @@ def create_app(**overrides: Any) -> Celery:
     callback_queue = settings.callback_queue or "celery"
     app = Celery("subtitle_tasks", broker=broker, set_as_current=False)
     app.conf.update(
-        task_default_queue=settings.queue or DEDICATED_QUEUE,
+        task_default_queue=settings.step_queue,
         task_ignore_result=True,
         worker_prefetch_multiplier=4,
         broker_connection_retry_on_startup=True,

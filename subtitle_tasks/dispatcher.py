@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 from celery import Celery, bootsteps
 
+from . import backpressure
 from .settings import Settings
 from .state import SUBMIT, Store
 
@@ -35,6 +36,11 @@ log = logging.getLogger("subtitle_tasks.dispatcher")
 
 SUBMIT_TASK = "subtitle_tasks.submit"
 POLL_TASK = "subtitle_tasks.poll"
+# The step queue holds HORIZON dispatch intervals of what the fleet drains, and at least
+# ROOM_FLOOR steps (backpressure.py): two looks, so a fleet with room to spare doubles it
+# each look, and far below the delivery lease, so no queued step is handed out twice.
+HORIZON = 2
+ROOM_FLOOR = 20
 
 
 def task_for_phase(phase: str) -> str:
@@ -44,7 +50,8 @@ def task_for_phase(phase: str) -> str:
 class Dispatcher:
     def __init__(self, store: Store, publish: Callable[[list[tuple[str, str]]], None], *, lease: float, batch: int,
                  pace: int = 0, window: float = 0.0, backlog: Callable[[], int] | None = None,
-                 max_backlog: int = 0, holder: Callable[[], str] = lambda: ""):
+                 max_backlog: int = 0, holder: Callable[[], str] = lambda: "", horizon: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.store = store
         # This worker's step-watch id ('' without one): it holds what it claims until the
         # tasks are published, so if it dies in between they are handed out again in seconds.
@@ -58,11 +65,15 @@ class Dispatcher:
         # spends another's budget.
         self.pace = pace
         self.window = window
-        # Backpressure: while the step queue holds `max_backlog` messages the fleet is
-        # behind, and a step queued longer than its lease would be handed out again (a
-        # no-op duplicate). Due steps then wait in the schedule, which costs nothing.
+        # Backpressure (backpressure.py): the step queue holds `horizon` seconds of what
+        # the fleet drains, never more than `max_backlog` messages; the rest waits in the
+        # schedule, where the claim is fair among sites and waiting costs nothing. Without
+        # a horizon, `max_backlog` messages as the only bound.
         self.backlog = backlog
         self.max_backlog = max_backlog
+        self.horizon = horizon
+        self.clock = clock
+        self.drain = backpressure.DrainRate()
         self._wake = threading.Event()  # wake(): claim now rather than at the next interval
         self._sweep_soon = False
 
@@ -81,19 +92,25 @@ class Dispatcher:
         # stretches it to the full lease), so a message lost on its way comes back soon.
         return cls(store, publish, lease=settings.delivery_lease, batch=settings.dispatch_batch,
                    pace=settings.rate_limit, window=settings.rate_window,
-                   backlog=backlog, max_backlog=settings.max_backlog)
+                   backlog=backlog, max_backlog=settings.max_backlog, horizon=HORIZON * settings.dispatch_interval)
 
     @classmethod
     def for_celery(cls, app: Celery, store: Store, settings: Settings) -> Dispatcher:
         """Publishing step tasks through ``app``, held back by its step queue's depth."""
-        return cls.from_settings(store, celery_publisher(app, settings.queue, settings.lease), settings,
-                                 backlog=celery_backlog(app, settings.queue))
+        return cls.from_settings(store, celery_publisher(app, settings.step_queue, settings.lease), settings,
+                                 backlog=celery_backlog(app, settings.step_queue))
 
     def room(self) -> int:
-        """How many steps may be handed out now (the batch, less what the queue still holds)."""
+        """How many steps may be handed out now: the batch, or less where the step queue
+        already holds its share (backpressure.py)."""
         if self.backlog is None or not self.max_backlog:
             return self.batch
-        return max(0, min(self.batch, self.max_backlog - self.backlog()))
+        depth = self.backlog()
+        if not self.horizon:
+            return max(0, min(self.batch, self.max_backlog - depth))
+        rate = self.drain.observe(self.clock(), depth, self.store.published_count())
+        return min(self.batch, backpressure.room(rate, depth, horizon=self.horizon, floor=ROOM_FLOOR,
+                                                 ceiling=self.max_backlog))
 
     def dispatch_once(self) -> int:
         """Claim what is due and publish it; returns how many steps were handed out."""
@@ -116,6 +133,10 @@ class Dispatcher:
                 except Exception:
                     break  # Redis is away too; the leases will expire by themselves
             raise
+        try:
+            self.store.count_published(len(claimed))
+        except Exception as exc:  # the drain rate reads one look low; nothing else depends on it
+            log.warning("could not count the published steps (%s)", type(exc).__name__)
         if holder:
             try:
                 self.store.step_published(holder, [generation_id for generation_id, _ in claimed])
@@ -150,7 +171,7 @@ class Dispatcher:
                 self._wake.clear()
 
 
-def celery_publisher(app: Celery, queue: str | None, lease: float) -> Callable[[list[tuple[str, str]]], None]:
+def celery_publisher(app: Celery, queue: str, lease: float) -> Callable[[list[tuple[str, str]]], None]:
     """Publish claimed steps as plain tasks through one pooled producer per batch.
 
     A step expires two leases after it was handed out: by then the schedule has handed
@@ -159,22 +180,21 @@ def celery_publisher(app: Celery, queue: str | None, lease: float) -> Callable[[
     may be skewed; everything else here uses the Redis server's clock.)
     """
     def publish(claimed: list[tuple[str, str]]) -> None:
-        options: dict[str, str | float] = {"queue": queue} if queue else {}
-        options["expires"] = 2 * lease
+        options: dict[str, str | float] = {"queue": queue, "expires": 2 * lease}
         with app.producer_or_acquire() as producer:
             for generation_id, phase in claimed:
                 app.send_task(task_for_phase(phase), args=[generation_id], producer=producer, **options)
     return publish
 
 
-def celery_backlog(app: Celery, queue: str | None) -> Callable[[], int]:
+def celery_backlog(app: Celery, queue: str) -> Callable[[], int]:
     """How many step messages wait in the step queue, on any broker kombu speaks.
 
     The queue is declared the way the app's workers declare it (same arguments), which
     also makes a first look at a queue nobody has created yet answer 0, not an error.
     """
     def depth() -> int:
-        entity = app.amqp.queues[queue or app.conf.task_default_queue]
+        entity = app.amqp.queues[queue]
         with app.pool.acquire(block=True) as conn:
             return int(entity.bind(conn.default_channel).queue_declare().message_count)
     return depth
@@ -211,12 +231,20 @@ def dispatcher_alive() -> bool:
 
 # Celery ships no types: StartStopStep is Any to mypy, and so is the worker it hands us.
 class DispatcherStep(bootsteps.StartStopStep):  # type: ignore[misc]  # subclassing the untyped Celery base
-    """Runs a Dispatcher thread in every worker's main process (``init_app`` adds it)."""
+    """Runs a Dispatcher thread in every worker's main process (``init_app`` adds it), and
+    has the worker consume the queue the dispatcher sends steps to (Settings.step_queue)
+    besides the queues it was started with (``-Q``), so no worker of the app needs to
+    be told of it."""
 
     requires: ClassVar[set[str]] = {"celery.worker.components:Pool"}
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         super().__init__(worker, **kwargs)
+        from .runtime import runtime_for
+
+        # Before the consumer starts: the worker has selected its queues by now (-Q), and
+        # the consumer subscribes to what the selection holds when it starts.
+        worker.app.amqp.queues.select_add(runtime_for(worker.app).settings.step_queue)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._dispatcher: Dispatcher | None = None

@@ -12,7 +12,6 @@ from celery import Celery
 from .settings import Settings
 
 DEFAULT_BROKER = "redis://127.0.0.1:6379/0"  # the dedicated app's broker when none is set
-DEDICATED_QUEUE = "subtitle_tasks"  # the dedicated fleet's queue when SUBTITLE_TASKS_QUEUE is unset
 
 
 
@@ -31,6 +30,6 @@ def publishing_app(app: Celery | None, settings: Settings) -> Celery:
         return app
     if _publisher is None or _publisher[0] is not settings:
         app = Celery("subtitle_tasks-publisher", broker=settings.broker_url or DEFAULT_BROKER, set_as_current=False)
-        app.conf.task_default_queue = settings.queue or DEDICATED_QUEUE
+        app.conf.task_default_queue = settings.step_queue
         _publisher = (settings, app)
     return _publisher[1]

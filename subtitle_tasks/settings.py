@@ -166,6 +166,9 @@ def _broker_url(name: str, raw: Any) -> str | None:
     return value
 
 
+STEP_QUEUE = "subtitle_tasks"  # our tasks' queue when SUBTITLE_TASKS_QUEUE is unset
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every knob in one place. Times are in seconds; floats are fine (tests run fast)."""
@@ -192,7 +195,7 @@ class Settings:
     rate_limit: int = 55
     rate_window: float = 3.0
     rate_share: float = 0.8  # of the plan the server announces (X-RateLimit-Limit); the rest is the editors'
-    queue: str | None = None  # None: the app's default queue (ours is "subtitle_tasks")
+    queue: str | None = None  # None: STEP_QUEUE, a queue of our own (step_queue)
     callback_queue: str | None = None  # None: callbacks follow the app's routing
     key_prefix: str = "subtitle_tasks"
     max_callback_bytes: int = 16384  # on_ready + on_error as JSON, per request
@@ -213,6 +216,14 @@ class Settings:
     # or the lease when that is shorter (a test fleet's 3 s lease, say).
     delivery_lease: float = 6.0
     dead_after: float = 2.0  # a worker silent this long is dead: its held steps are due again now
+
+    @property
+    def step_queue(self) -> str:
+        """The queue our tasks (the steps above all) are sent to: SUBTITLE_TASKS_QUEUE, else
+        :data:`STEP_QUEUE`. Never the app's default queue, where a burst of the app's own
+        tasks (a thousand callbacks of a sweep) would queue ahead of every step; init_app
+        makes every worker of the app consume it besides its own queues."""
+        return self.queue or STEP_QUEUE
 
     @property
     def state_url(self) -> str | None:

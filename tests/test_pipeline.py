@@ -244,8 +244,10 @@ def test_cancel_fires_cancelled_once(harness, sim):
 
 
 def test_request_through_init_app_on_a_foreign_app(harness_factory):
+    # No SUBTITLE_TASKS_QUEUE: the steps go to a queue of their own, which the app's
+    # worker consumes although it was started with -Q naming its own queue only.
     h = harness_factory(FOREIGN_QUEUE="foreign-q", SUBTITLE_TASKS_QUEUE="", SUBTITLE_TASKS_CALLBACK_QUEUE="")
-    h.worker(app="tests.support.foreign_app")
+    h.worker(app="tests.support.foreign_app", extra=["-Q", "foreign-q"])
     from celery import signature
 
     request_subtitles("video-foreign", "it-IT",

@@ -67,7 +67,8 @@ def test_tasks_bound_to_an_app_use_that_apps_state(two_apps):
     # recover() claims what is due and publishes it through its own app's broker.
     summary = a.tasks["subtitle_tasks.recover"].apply().get()
     assert summary["dispatched"] == 1
-    assert ca.llen(a.conf.task_default_queue) == 1 and cb.llen(b.conf.task_default_queue) == 0
+    queue_a, queue_b = runtime.runtime_for(a).settings.step_queue, runtime.runtime_for(b).settings.step_queue
+    assert ca.llen(queue_a) == 1 and cb.llen(queue_b) == 0  # the steps' own queue, on a's broker
     assert cb.zrange(submit_b, 0, -1, withscores=True) == due_b  # B's schedule untouched
 
 

@@ -69,6 +69,20 @@ def test_init_app_reports_what_it_changed(monkeypatch):
     assert not any("routed" in c or "recover" in c or "dispatcher" in c for c in again.changes)
 
 
+def test_init_app_routes_its_tasks_to_a_queue_of_their_own_by_default(monkeypatch):
+    # Not the app's default queue, where a burst of the app's own tasks would delay every step.
+    for key, value in STATE.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SUBTITLE_TASKS_QUEUE", raising=False)
+    app = _app()
+    report = subtitle_tasks.init_app(app)
+    assert report.settings.step_queue == "subtitle_tasks"
+    assert app.conf.task_routes["subtitle_tasks.*"] == {"queue": "subtitle_tasks"}
+    assert app.amqp.router.route({}, "subtitle_tasks.poll")["queue"].name == "subtitle_tasks"
+    assert app.amqp.router.route({}, "videos.publish")["queue"].name == "celery"
+    assert any("routed subtitle_tasks.* to queue 'subtitle_tasks'" in c for c in report.changes)
+
+
 def test_init_app_keeps_the_apps_own_routes_and_schedule(monkeypatch):
     for key, value in STATE.items():
         monkeypatch.setenv(key, value)

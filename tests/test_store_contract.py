@@ -334,6 +334,14 @@ def test_release_of_a_finished_generation_does_nothing(store):
     assert store.load_generation(gid).phase == DONE
 
 
+def test_the_fleet_counts_the_steps_it_published(store):
+    assert store.published_count() == 0
+    store.count_published(3)
+    store.count_published(0)
+    store.count_published(4)
+    assert store.published_count() == 7
+
+
 # -- fairness: sites, submissions and polls ---------------------------------------------
 
 def submits(store, n: int, *, site: str = "", tag: str = "s") -> list[str]:

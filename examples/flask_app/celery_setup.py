@@ -17,8 +17,8 @@ def celery_init_app(app):
     # makes its app current itself.
     celery_app = Celery(app.name, task_cls=FlaskTask, set_as_current=False)
     celery_app.config_from_object(app.config["CELERY"])
-    # In workers: registers subtitle_tasks.*, adds the dispatcher thread, routes to
-    # SUBTITLE_TASKS_QUEUE if set. In web processes: status() and cancel() publish
+    # In workers: registers subtitle_tasks.*, adds the dispatcher thread, routes them to
+    # their own queue and consumes it too. In web processes: status() and cancel() publish
     # through this app. The state Redis defaults to this app's broker. A bad setting
     # raises ConfigurationError here, when the app is created.
     subtitle_tasks.init_app(celery_app, **{"broker_url": celery_app.conf.broker_url, **app.config["SUBTITLE_TASKS"]})

@@ -330,6 +330,10 @@ class Store(Protocol):
         hands out at most ``pace`` steps per ``window`` seconds, counted fleet-wide.
         """
     def release(self, generation_id: str) -> None: ...
+    def count_published(self, steps: int) -> None:
+        """Add ``steps`` to the fleet-wide count of step tasks published (backpressure.py)."""
+    def published_count(self) -> int:
+        """The fleet-wide count of step tasks published (0 before the first)."""
     def load_generation(self, generation_id: str) -> Generation | None: ...
     def advance(self, generation_id: str, delay: float, fence: tuple[str, str] | None = None,
                 **fields: Any) -> bool: ...

@@ -245,6 +245,15 @@ class RedisStore:
         """Make a claimed generation due again now (its task could not be sent)."""
         self.advance(generation_id, 0)
 
+    # Key: P:steps:published, a counter of step tasks published fleet-wide (never
+    # expires; 8 bytes): with the step queue's depth it tells how fast the fleet drains it.
+    def count_published(self, steps: int) -> None:
+        if steps > 0:
+            self.client.incrby(f"{self.prefix}:steps:published", steps)
+
+    def published_count(self) -> int:
+        return int(self.client.get(f"{self.prefix}:steps:published") or 0)
+
     def repair_orphans(self, batch: int = 500) -> int:
         repaired = 0
         for chunk in self._scan_active(batch):

@@ -344,6 +344,16 @@ class MemoryStore:
         """Make a claimed generation due again now (its task could not be sent)."""
         self.advance(generation_id, 0)
 
+    def count_published(self, steps: int) -> None:
+        if steps > 0:
+            with self._lock:
+                now = self._now()
+                self._keys.set("steps:published", (self._keys.get("steps:published", now) or 0) + steps, now=now)
+
+    def published_count(self) -> int:
+        with self._lock:
+            return int(self._keys.get("steps:published", self._now()) or 0)
+
     def repair_orphans(self, batch: int = 500) -> int:
         with self._lock:
             now = self._now()

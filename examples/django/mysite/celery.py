@@ -16,8 +16,8 @@ app = Celery("mysite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
-# In workers: registers subtitle_tasks.*, adds the dispatcher thread, routes to
-# SUBTITLE_TASKS_QUEUE if set. In web processes: request_subtitles(), status() and
+# In workers: registers subtitle_tasks.*, adds the dispatcher thread, routes them to
+# their own queue and consumes it too. In web processes: request_subtitles(), status() and
 # cancel() use this app's settings. A bad setting raises ConfigurationError here, at
 # start. subtitle-tasks loads Django's lazy settings itself, so nothing has to touch
 # them first.

@@ -66,6 +66,6 @@ DATOCMS_BASE_URL = os.environ.get("DATOCMS_BASE_URL", "https://site-api.datocms.
 SUBTITLE_TASKS_REDIS_URL = os.environ.get("SUBTITLE_TASKS_REDIS_URL")
 # One Redis shared by several projects: each needs its own prefix.
 SUBTITLE_TASKS_KEY_PREFIX = os.environ.get("SUBTITLE_TASKS_KEY_PREFIX", "mysite_subtitles")
-# Unset: subtitle_tasks.* run on the default queue with everything else. Set it (and
-# start workers with -Q celery,<queue>) so a backlog of other tasks cannot delay polls.
+# The pipeline's own queue (unset: "subtitle_tasks"); every worker of the app consumes
+# it besides its own, so a backlog of other tasks cannot delay polls.
 SUBTITLE_TASKS_QUEUE = os.environ.get("SUBTITLE_TASKS_QUEUE")
