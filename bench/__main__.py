@@ -59,8 +59,11 @@ PLAN: tuple[Bench, ...] = (
     Bench("ops", (), (), 300, 900),  # 100,000 in flight (the goal's size), ~15 s
     Bench("fanin", (), (), 300, 900),  # 1, 100, 1,000, 5,000 joined, ~10 s
     Bench("schedule", ("--real", "--real-generations", "200", "--real-warmup", "40"), ("--real",), 600, 1200),
-    # batches of 30 through two real workers: half the durations, 2 cold and 2 warm batches (~6 min)
-    Bench("fleet", ("--scale", "0.5", "--cold-batches", "2", "--warm-measured", "2"), (), 900, 1800),
+    # batches of 30 through two real workers: half the durations, 2 cold and 2 warm batches,
+    # then site B behind 300 on site A (~8 min)
+    Bench("fleet", ("--scale", "0.5", "--cold-batches", "2", "--warm-measured", "2", "--fairness-requests", "300",
+                    "--fairness-b", "3", "--fairness-lead", "8"), (), 1200, 2400),
+    Bench("burst", ("--runs", "2"), (), 600, 900),  # a step behind 1,000 of the app's tasks, ~1.5 min
     Bench("quota", ("--plans", "30", "--seconds", "12"), (), 600, 1200),
     Bench("chaos", ("--requests", "300", "--seconds", "30"), (), 900, 2400),
     Bench("recovery", ("--trials", "10", "--lease-trials", "1", "--requests", "300"), (), 900, 2400),

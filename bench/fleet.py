@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -184,6 +185,74 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "workers": args.workers, "concurrency": args.concurrency, "seconds": round(time.monotonic() - started, 1)}
 
 
+SITE_B_TOKEN = "site-b-token-not-secret"
+
+
+def run_fairness(server_url: str, tmp: Path, *, a_requests: int, b_requests: int, lead: float,
+                 overrides: dict[str, str] | None = None, job_seconds: float = 1.0,
+                 preparing_seconds: float = 0.5, workers: int = 2, concurrency: int = 2) -> dict[str, Any]:
+    """Site B's requests alone, then behind ``a_requests`` on site A sent ``lead`` seconds
+    before them; each site its own token and its own simulator (so its own quota). Per B
+    request: seconds from ``request_subtitles`` returning to its POST reaching B's
+    simulator and to its ``on_ready`` running, and how many of A's POSTs came in between."""
+    import redis
+
+    import subtitle_tasks
+    from subtitle_tasks import runtime
+    from subtitle_tasks.settings import load_settings
+    from subtitle_tasks.testing import Simulator, SimulatorConfig
+    from tests.support.callbacks import read_calls, record
+    from tests.support.harness import TOKEN, Harness
+
+    def config(token: str) -> Any:
+        return SimulatorConfig(token=token, job_seconds=job_seconds, preparing_seconds=preparing_seconds)
+
+    with Simulator(config(TOKEN)) as sim_a, Simulator(config(SITE_B_TOKEN)) as sim_b:
+        sites = json.dumps({"b": {"token_env": "SITE_B_TOKEN", "base_url": sim_b.url}})
+        harness = Harness(server_url, sim_a, tmp, SUBTITLE_TASKS_SITES=sites, SITE_B_TOKEN=SITE_B_TOKEN,
+                          **(overrides or {}))
+        # This process asks for site B too: its runtime must know the site (never its token).
+        runtime.configure(load_settings({"redis_url": server_url, "broker_url": server_url, "sites": sites,
+                                         "key_prefix": harness.prefix, "queue": harness.env["SUBTITLE_TASKS_QUEUE"]},
+                                        environ={}))
+        client = redis.Redis.from_url(server_url)
+
+        def posts(sim: Any, upload: str | None = None) -> list[float]:
+            return [r.time for r in sim.requests() if r.method == "POST" and r.status == 202
+                    and (upload is None or f"/uploads/{upload}/" in r.path)]
+
+        def ask_b(tag: str) -> dict[str, float]:
+            asked, a_before = time.monotonic(), len(posts(sim_a))
+            subtitle_tasks.request_subtitles(tag, "it", site="b", on_ready=record.s("ready", tag))
+            give_up = asked + 300
+            while time.monotonic() < give_up:
+                done = [c for c in read_calls(client, harness.prefix) if c["tag"] == tag]
+                if done:
+                    posted = posts(sim_b, tag)[0]
+                    return {"to_post": posted - asked, "to_callback": done[0]["monotonic"] - asked,
+                            "a_posts_between": sum(1 for t in posts(sim_a) if t <= posted) - a_before}
+                time.sleep(0.05)
+            raise RuntimeError(f"site B's {tag} did not finish within 300 s")
+
+        try:
+            for _ in range(workers):
+                harness.worker(concurrency=concurrency)
+            time.sleep(3.0)
+            alone = [ask_b(f"b-alone-{i}") for i in range(b_requests)]
+            started = time.monotonic()
+            for i in range(a_requests):
+                subtitle_tasks.request_subtitles(f"a-{i}", "it", on_ready=record.s("ready", f"a-{i}"))
+            time.sleep(lead)
+            behind = [ask_b(f"b-behind-{i}") for i in range(b_requests)]
+            a_posted = len(posts(sim_a))
+            a_seconds = time.monotonic() - started
+        finally:
+            harness.close()
+            client.close()
+    return {"alone": alone, "behind": behind, "a_requests": a_requests, "a_posted_meanwhile": a_posted,
+            "a_posts_per_second": a_posted / a_seconds, "lead": lead}
+
+
 def _fmt(value: float, digits: int = 2) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
 
@@ -211,6 +280,21 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fairness_table(fair: dict[str, Any]) -> str:
+    def median(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rows) if rows else math.nan
+
+    alone, behind = median(fair["alone"], "to_callback"), median(fair["behind"], "to_callback")
+    lines = ["| site B's request | to its POST, median | to on_ready, median | A's POSTs in between, most |",
+             "|---|---:|---:|---:|",
+             f"| alone | {_fmt(median(fair['alone'], 'to_post'))} s | {_fmt(alone)} s | - |",
+             f"| behind A's {fair['a_requests']} | {_fmt(median(fair['behind'], 'to_post'))} s | {_fmt(behind)} s "
+             f"| {max(r['a_posts_between'] for r in fair['behind'])} |",
+             f"\nbehind / alone: {_fmt(behind / alone)}x (goal: within 2x alone + 5 s = {_fmt(2 * alone + 5)} s); "
+             f"site A meanwhile: {_fmt(fair['a_posts_per_second'])} POSTs/s"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="durations and time settings times this")
@@ -221,12 +305,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--fairness-requests", type=int, default=600,
+                        help="site A's backlog for the fairness run (0: no fairness run)")
+    parser.add_argument("--fairness-b", type=int, default=5, help="site B's requests, alone and behind A")
+    parser.add_argument("--fairness-lead", type=float, default=10.0, help="seconds A's backlog builds before B asks")
+    parser.add_argument("--skip-batches", action="store_true", help="only the fairness run")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
-    result = run(args)
-    print(f"\n## Real fleet: {args.workers} workers x {args.concurrency}, {args.shape} x{args.scale}, "
-          f"{result['seconds']} s\n")
-    print(table(result))
+    result: dict[str, Any] = {"measured": {}} if args.skip_batches else run(args)
+    if not args.skip_batches:
+        print(f"\n## Real fleet: {args.workers} workers x {args.concurrency}, {args.shape} x{args.scale}, "
+              f"{result['seconds']} s\n")
+        print(table(result))
+    if args.fairness_requests:
+        from subtitle_tasks.local_redis import LocalRedis
+
+        defaults = {**{k: repr(v) for k, v in DEFAULTS.items()}, **UNSCALED}
+        with LocalRedis() as server, tempfile.TemporaryDirectory(prefix="subtitle-tasks-fairness-") as tmp:
+            fair = run_fairness(server.url, Path(tmp), a_requests=args.fairness_requests, b_requests=args.fairness_b,
+                                lead=args.fairness_lead, overrides=defaults, workers=args.workers,
+                                concurrency=args.concurrency)
+        result["fairness"] = fair
+        print(f"\n## Fairness through the fleet: site B's {args.fairness_b} requests alone, then behind "
+              f"{args.fairness_requests} on site A (own tokens, own simulators, default settings)\n")
+        print(fairness_table(fair))
     summary = {"benchmark": "fleet", "issue": "#16", "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "machine": {"platform": platform.platform(), "python": platform.python_version()},
                "argv": sys.argv[1:], **result}

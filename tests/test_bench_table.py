@@ -103,10 +103,14 @@ def _fleet(requests, p95, cpu, official_requests, official_p95, missing=0):
 
 
 FLEET = {"benchmark": "fleet", "shape": "wide", "scale": 0.5,
-         "measured": {"cold": _fleet(13.0, 2.8, 0.10, 14.5, 2.7), "warm": _fleet(7.0, 2.6, 0.105, 14.0, 2.9)}}
+         "measured": {"cold": _fleet(13.0, 2.8, 0.10, 14.5, 2.7), "warm": _fleet(7.0, 2.6, 0.105, 14.0, 2.9)},
+         "fairness": {"a_requests": 300, "alone": [{"to_callback": 3.0}, {"to_callback": 2.0}],
+                      "behind": [{"to_callback": 9.0}, {"to_callback": 13.0}]}}
+BURST = {"benchmark": "burst", "settings": {"burst": 1000},
+         "median": {"own queue": 0.13, "shared queue": 10.2, "no burst": 0.07}}
 
 ALL = {"edge": EDGE, "fairness": FAIRNESS, "ops": OPS, "fanin": FANIN, "schedule": SCHEDULE, "fleet": FLEET,
-       "quota": QUOTA, "chaos": CHAOS, "recovery": RECOVERY, "scale": SCALE}
+       "burst": BURST, "quota": QUOTA, "chaos": CHAOS, "recovery": RECOVERY, "scale": SCALE}
 
 
 def _find(rows: list[Row], benchmark: str, *words: str) -> Row:
@@ -203,6 +207,14 @@ def test_fleet_cold_and_warm_batches_against_the_official_client(rows):
     lost = _find(missing, "fleet", "without exactly one")
     assert lost.ours == 1 and lost.met is False
     assert not [r for r in missing if "CPU" in r.figure]  # no warm batches: nothing to compare
+    fair = _find(rows, "fleet", "site B")
+    assert (fair.ours, fair.baseline) == (11.0, 2.5) and fair.met is False  # 11 s > 2 x 2.5 + 5
+
+
+def test_burst_own_queue_and_shared_queue_against_no_burst(rows):
+    own = _find(rows, "burst", "own step queue")
+    shared = _find(rows, "burst", "shared queue")
+    assert own.ratio == pytest.approx(0.13 / 0.07) and shared.ratio == pytest.approx(10.2 / 0.07)
 
 
 def test_quota_shares_and_a_zero_baseline(rows):

@@ -134,3 +134,24 @@ def test_a_late_step_waits_at_most_its_sites_window_where_a_single_fifo_waits_fo
     assert ours["steps_handed_out_before"] == 0
     assert fifo["claims_until_handed_out"] == 3 * -(-(300 - 20 + 1) // 20)  # every window until the backlog is out
     assert ours["max_steps_per_site_per_window"] <= 20 and fifo["max_steps_per_site_per_window"] <= 20
+
+
+def test_through_a_real_fleet_a_lone_request_waits_behind_seconds_of_another_sites_backlog_not_its_queue(tmp_path):
+    # Site A asks for 300 subtitles, site B (own token, own simulator) for one, 8 s later.
+    # The step queue holds two dispatch intervals of what the fleet drains (at least
+    # ROOM_FLOOR steps), so few of A's steps are ahead of B's submit in the broker's FIFO;
+    # with the queue bounded by MAX_BACKLOG messages alone, 65 of A's POSTs came first.
+    from bench.fleet import DEFAULTS, UNSCALED, run_fairness
+    from subtitle_tasks.dispatcher import ROOM_FLOOR
+
+    try:
+        local = LocalRedis().start()
+    except RedisNotAvailable as exc:
+        pytest.skip(str(exc))
+    try:
+        fair = run_fairness(local.url, tmp_path, a_requests=300, b_requests=1, lead=8.0,
+                            overrides={**{k: repr(v) for k, v in DEFAULTS.items()}, **UNSCALED})
+    finally:
+        local.close()
+    assert len(fair["behind"]) == 1 and fair["a_posted_meanwhile"] > 0
+    assert fair["behind"][0]["a_posts_between"] <= 2 * ROOM_FLOOR

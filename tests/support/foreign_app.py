@@ -19,4 +19,12 @@ def publish_video(track, video_pk):
     client.rpush(f"{os.environ['SUBTITLE_TASKS_KEY_PREFIX']}:foreign:published", f"{video_pk}:{track['id']}")
 
 
+@app.task(name="foreign.busy", ignore_result=True)
+def busy(seconds):
+    """One of the app's own tasks that takes ``seconds`` (bench/burst.py queues a thousand)."""
+    import time
+
+    time.sleep(seconds)
+
+
 report = subtitle_tasks.init_app(app)
